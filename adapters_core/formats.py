@@ -1,0 +1,186 @@
+"""Adapter files: safetensors (kohya keys + string metadata) and pickled ``.ckpt``/``.pt``.
+
+Reading validates the container (a corrupt safetensors header is a :class:`FormatError`,
+pickles load with ``weights_only=True``). Writing casts, checks every tensor is finite,
+adds the ``sshs_*`` hashes and goes through a temporary file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from safetensors import safe_open
+
+from adapters_core.atomic import atomic_path
+from adapters_core.errors import FormatError
+
+SAFETENSORS_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+LEGACY_HASH_OFFSET = 0x100000
+LEGACY_HASH_LENGTH = 0x10000
+
+PRECISIONS: dict[str, torch.dtype] = {
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def precision_dtype(name: str | None, flag: str = "--save_precision") -> torch.dtype | None:
+    """``"fp16"`` -> ``torch.float16``; ``None`` stays ``None`` (keep the tensors' dtype)."""
+    if name is None:
+        return None
+    try:
+        return PRECISIONS[name.lower()]
+    except KeyError:
+        raise FormatError(f"{flag} {name}: expected one of float, fp16, bf16") from None
+
+
+@dataclass
+class AdapterFile:
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def read_safetensors_header(path: Path) -> dict[str, object]:
+    """The JSON header of a safetensors file, with a clear error when it is not one."""
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise FormatError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > path.stat().st_size - 8:
+                raise FormatError(f"{path}: corrupt safetensors header (declares {length} bytes, file is smaller)")
+            header = json.loads(handle.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FormatError(f"{path}: corrupt safetensors header (not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: corrupt safetensors header (not a JSON object)")
+    return header
+
+
+def _load_safetensors(path: Path) -> AdapterFile:
+    read_safetensors_header(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise FormatError(f"{path}: cannot read safetensors file: {exc}") from None
+    return AdapterFile(path, tensors, metadata)
+
+
+def _load_pickle(path: Path) -> AdapterFile:
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FormatError(f"{path}: cannot read as a PyTorch checkpoint (weights_only=True): {exc}") from None
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise FormatError(f"{path}: expected a dict of tensors")
+    return AdapterFile(path, dict(payload), {})
+
+
+def load_adapter(path: str | os.PathLike[str]) -> AdapterFile:
+    """Read an adapter file's tensors and metadata."""
+    file = Path(path)
+    if not file.is_file():
+        raise FormatError(f"{file}: no such file")
+    if file.suffix.lower() == SAFETENSORS_SUFFIX:
+        return _load_safetensors(file)
+    if file.suffix.lower() in PICKLE_SUFFIXES:
+        return _load_pickle(file)
+    raise FormatError(f"{file}: unknown file type '{file.suffix}'; expected .safetensors, .ckpt or .pt")
+
+
+def load_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Only the metadata of a safetensors file (empty for pickles), without reading tensors."""
+    file = Path(path)
+    if file.suffix.lower() != SAFETENSORS_SUFFIX:
+        return {}
+    if not file.is_file():
+        raise FormatError(f"{file}: no such file")
+    header = read_safetensors_header(file)
+    metadata = header.get("__metadata__", {})
+    return dict(metadata) if isinstance(metadata, dict) else {}
+
+
+def model_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
+    """``(sshs_model_hash, sshs_legacy_hash)`` as kohya computes them.
+
+    The state dict is serialised with only its ``ss_*`` metadata; the model hash is the
+    SHA-256 of the bytes after the header, the legacy hash the first 8 hex digits of the
+    SHA-256 of 64 KiB at offset 1 MiB of the same buffer.
+    """
+    ss_only = {key: value for key, value in metadata.items() if key.startswith("ss_")}
+    buffer = safetensors.torch.save(dict(tensors), metadata=ss_only)
+    (header_length,) = struct.unpack("<Q", buffer[:8])
+    model_hash = hashlib.sha256(buffer[8 + header_length :]).hexdigest()
+    legacy = hashlib.sha256(buffer[LEGACY_HASH_OFFSET : LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH]).hexdigest()[:8]
+    return model_hash, legacy
+
+
+def prepare_tensors(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies, floating tensors cast to ``dtype``; non-finite values refused."""
+    prepared: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        value = tensor.detach().to("cpu")
+        if value.is_floating_point():
+            if not torch.isfinite(value).all():
+                raise FormatError(f"{key}: contains NaN or infinite values; refusing to write the file")
+            if dtype is not None:
+                value = value.to(dtype)
+        prepared[key] = value.contiguous()
+    return prepared
+
+
+def save_adapter(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an adapter file atomically; safetensors get ``sshs_*`` hashes in the metadata."""
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES):
+        raise FormatError(f"{target}: unknown output type '{target.suffix}'; use .safetensors, .ckpt or .pt")
+    prepared = prepare_tensors(tensors, dtype)
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        if suffix == SAFETENSORS_SUFFIX:
+            meta = {key: str(value) for key, value in (metadata or {}).items()}
+            meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(prepared, meta)
+            safetensors.torch.save_file(prepared, str(tmp), metadata=meta)
+        else:
+            torch.save(prepared, str(tmp))
+    return target
+
+
+def file_hashes(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(full SHA-256, legacy A1111 hash)`` of a model file: the ``ss_new_sd_model_hash`` /
+    ``ss_sd_model_hash`` pair kohya records for the base model."""
+    full = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            full.update(chunk)
+        handle.seek(LEGACY_HASH_OFFSET)
+        legacy = hashlib.sha256(handle.read(LEGACY_HASH_LENGTH)).hexdigest()[:8]
+    return full.hexdigest(), legacy

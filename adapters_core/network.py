@@ -1,0 +1,288 @@
+"""A Network: the adapter modules of one type attached to a U-Net and/or text encoder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapters_core.blocks import RankPlan
+from adapters_core.errors import FormatError, ShapeMismatchError
+from adapters_core.keys import normalize_module_name
+from adapters_core.module import AdapterModule, load_module_tensors
+from adapters_core.options import resolve_options
+from adapters_core.patching import attach, detach
+from adapters_core.plugins import Registry, get_registry
+from adapters_core.targets import Target, all_targets
+from adapters_core.types import NetworkType
+
+log = logging.getLogger(__name__)
+
+
+def split_module_keys(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Group file keys by module: ``name.lora_down.weight`` -> ``{name: {"lora_down.weight": t}}``."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name, _, rest = key.partition(".")
+        grouped.setdefault(name, {})[rest] = tensor
+    return grouped
+
+
+def _layers_per_block(unet: nn.Module | None) -> int:
+    config = getattr(unet, "config", None)
+    value = getattr(config, "layers_per_block", 2) if config is not None else 2
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+class Network(nn.Module):
+    """Adapter modules of one type, keyed by their kohya names.
+
+    The modules are children of the network (so ``state_dict()`` gives the file's keys),
+    never of the base model. :meth:`apply` patches the layers' forwards, :meth:`merge_to`
+    folds the deltas into the layers' weights.
+    """
+
+    def __init__(self, network_type: NetworkType, options: Mapping[str, Any], registry: Registry) -> None:
+        super().__init__()
+        self.network_type = network_type
+        self.options = dict(options)
+        self.registry = registry
+        self.targets: dict[str, Target] = {}
+        self.applied = False
+        self.unmatched_keys: list[str] = []
+        self.multiplier = 1.0
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        network: str,
+        *,
+        unet: nn.Module | None = None,
+        text_encoder: nn.Module | None = None,
+        options: Mapping[str, Any] | None = None,
+        multiplier: float = 1.0,
+        registry: Registry | None = None,
+    ) -> Network:
+        """A fresh network of type ``network`` on the given models (pass ``None`` to skip one)."""
+        registry = registry or get_registry()
+        network_type = registry.get(network)
+        resolved = resolve_options(network_type, options or {})
+        self = cls(network_type, resolved, registry)
+        plan = RankPlan.from_options(resolved)
+        for target in all_targets(unet, text_encoder, include_conv_blocks=plan.conv_enabled):
+            dim, alpha = plan.dim_alpha(target.block_index, target.layer_kind)
+            if dim <= 0:
+                continue
+            self._add(target, {**resolved, "dim": dim, "alpha": alpha})
+        self.set_multiplier(multiplier)
+        return self
+
+    @classmethod
+    def from_weights(
+        cls,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        unet: nn.Module | None = None,
+        text_encoder: nn.Module | None = None,
+        metadata: Mapping[str, str] | None = None,
+        network: str | None = None,
+        multiplier: float = 1.0,
+        registry: Registry | None = None,
+        source: str = "weights",
+    ) -> Network:
+        """A network holding exactly the modules named in ``tensors``, with their weights loaded.
+
+        Module names are normalised (LDM U-Net names, text-encoder names without
+        ``text_model_``). Keys that match no layer of the given models are logged and kept
+        in :attr:`unmatched_keys`.
+        """
+        registry = registry or get_registry()
+        metadata = metadata or {}
+        if network is None:
+            network = registry.hook.detect_network(keys=frozenset(tensors), metadata=metadata)
+            if network is None:
+                sample = ", ".join(sorted(tensors)[:3])
+                raise FormatError(f"{source}: no installed network type recognises its keys (e.g. {sample})")
+        network_type = registry.get(network)
+        options = resolve_options(network_type, {})
+        self = cls(network_type, options, registry)
+        candidates = {t.name: t for t in all_targets(unet, text_encoder, include_conv_blocks=True)}
+        layers_per_block = _layers_per_block(unet)
+        for raw_name, module_tensors in split_module_keys(tensors).items():
+            name = normalize_module_name(raw_name, layers_per_block)
+            target = candidates.get(name)
+            if target is None:
+                self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors]
+                continue
+            per_module = registry.hook.module_options_from_tensors(
+                network=network_type.name, name=name, tensors=module_tensors
+            )
+            if per_module is None:
+                self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors]
+                continue
+            module = self._add(target, {**options, **per_module, "from_weights": True})
+            if module is None:
+                self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors]
+                continue
+            load_module_tensors(module, f"{source}: {raw_name}", module_tensors)
+        if self.unmatched_keys:
+            log.warning(
+                "%s: %d keys match no layer of the model and were not loaded: %s",
+                source,
+                len(self.unmatched_keys),
+                ", ".join(self.unmatched_keys[:5]) + (" ..." if len(self.unmatched_keys) > 5 else ""),
+            )
+        self.set_multiplier(multiplier)
+        return self
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        unet: nn.Module | None = None,
+        text_encoder: nn.Module | None = None,
+        multiplier: float = 1.0,
+        network: str | None = None,
+        registry: Registry | None = None,
+    ) -> Network:
+        """Load an adapter file (safetensors, ckpt or pt) onto the given models."""
+        from adapters_core.formats import load_adapter
+
+        loaded = load_adapter(path)
+        return cls.from_weights(
+            loaded.tensors,
+            unet=unet,
+            text_encoder=text_encoder,
+            metadata=loaded.metadata,
+            network=network,
+            multiplier=multiplier,
+            registry=registry,
+            source=str(path),
+        )
+
+    def _add(self, target: Target, options: dict[str, Any]) -> AdapterModule | None:
+        module_options = {**options, "block_index": target.block_index, "layer_kind": target.layer_kind,
+                          "in_conv_block": target.in_conv_block}
+        module = self.registry.hook.create_module(
+            network=self.network_type.name, name=target.name, layer=target.layer, options=module_options
+        )
+        if module is None:
+            return None
+        weight = getattr(target.layer, "weight", None)
+        if weight is not None and weight.device.type != "meta":
+            module.to(weight.device)
+        self.add_module(target.name, module)
+        self.targets[target.name] = target
+        return module
+
+    # -- access -------------------------------------------------------------------------
+    def adapter_modules(self) -> Iterator[tuple[str, AdapterModule]]:
+        for name, module in self.named_children():
+            if isinstance(module, AdapterModule):
+                yield name, module
+
+    def component_modules(self, component: str) -> Iterator[tuple[str, AdapterModule]]:
+        for name, module in self.adapter_modules():
+            if self.targets[name].component == component:
+                yield name, module
+
+    def module_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """A module's tensors with module-relative keys, as the per-type hooks take them."""
+        return {key: value.detach() for key, value in getattr(self, name).state_dict().items()}
+
+    # -- patching -----------------------------------------------------------------------
+    def apply(self) -> Network:
+        """Patch every adapted layer so its output includes this network's contribution."""
+        for name, module in self.adapter_modules():
+            attach(self.targets[name].layer, module)
+        self.applied = True
+        return self
+
+    def remove(self) -> Network:
+        """Undo :meth:`apply`; the base model behaves as before."""
+        for name, module in self.adapter_modules():
+            detach(self.targets[name].layer, module)
+        self.applied = False
+        return self
+
+    def set_multiplier(self, multiplier: float) -> None:
+        self.multiplier = float(multiplier)
+        for _, module in self.adapter_modules():
+            module.multiplier = self.multiplier
+
+    @torch.no_grad()
+    def merge_to(self, multiplier: float | None = None) -> None:
+        """Fold every module's delta into its layer's weight (at the current multiplier).
+
+        Removes the patches first if the network was applied, so the delta is not counted
+        twice. Raises :class:`ShapeMismatchError` before changing anything if a merged weight
+        would not be finite.
+        """
+        ratio = self.multiplier if multiplier is None else float(multiplier)
+        merged: list[tuple[nn.Module, torch.Tensor]] = []
+        for name, _ in self.adapter_modules():
+            layer = self.targets[name].layer
+            new_weight = self.registry.hook.merge_weights(
+                network=self.network_type.name, tensors=self.module_tensors(name), weight=layer.weight, ratio=ratio
+            )
+            if not torch.isfinite(new_weight).all():
+                raise ShapeMismatchError(f"{name}: merging gives non-finite weights; nothing was merged")
+            merged.append((layer, new_weight))
+        if self.applied:
+            self.remove()
+        for layer, new_weight in merged:
+            layer.weight.copy_(new_weight)
+
+    # -- training -----------------------------------------------------------------------
+    def prepare_optimizer_params(
+        self, text_encoder_lr: float | None, unet_lr: float | None, default_lr: float
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Optimizer parameter groups: text encoder, then U-Net (one group per block in block mode).
+
+        Groups whose learning rate is 0 are dropped, as kohya does.
+        """
+        plan = RankPlan.from_options(self.options)
+        groups: list[dict[str, Any]] = []
+        descriptions: list[str] = []
+        te_params = [p for _, m in self.component_modules("text_encoder") for p in m.parameters()]
+        if te_params:
+            groups.append({"params": te_params, "lr": text_encoder_lr or default_lr})
+            descriptions.append("text_encoder")
+        unet_modules = list(self.component_modules("unet"))
+        base_lr = unet_lr or default_lr
+        if plan.block_mode:
+            by_block: dict[int, list[nn.Parameter]] = {}
+            for name, module in unet_modules:
+                by_block.setdefault(self.targets[name].block_index, []).extend(module.parameters())
+            for block in sorted(by_block):
+                lr = base_lr * plan.block_lr_weight(block)
+                if lr > 0:
+                    groups.append({"params": by_block[block], "lr": lr})
+                    descriptions.append(f"unet block {block}")
+        elif unet_modules:
+            groups.append({"params": [p for _, m in unet_modules for p in m.parameters()], "lr": base_lr})
+            descriptions.append("unet")
+        return groups, descriptions
+
+    def on_train_step(self, step: int) -> None:
+        self.registry.hook.on_train_step(network=self, step=step)
+
+    # -- saving -------------------------------------------------------------------------
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | None = None,
+        metadata: Mapping[str, str] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        """Write the adapter file (kohya keys, metadata and hashes), atomically."""
+        from adapters_core.formats import save_adapter
+
+        save_adapter(path, self.state_dict(), metadata=metadata, dtype=dtype, overwrite=overwrite)

@@ -1,0 +1,118 @@
+"""Which layers of a U-Net and a text encoder can carry an adapter, and their kohya names.
+
+Names are derived from a fixed, version-independent naming: the text encoder's module
+path always reads ``text_model.encoder.layers.N...`` (transformers 5 dropped the
+``text_model`` level, the file format did not), so keys look the same whatever the
+installed transformers version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch import nn
+
+from adapters_core.blocks import block_index
+
+UNET_PREFIX = "lora_unet"
+TEXT_ENCODER_PREFIX = "lora_te"
+
+UNET_ATTENTION_CONTAINERS = frozenset({"Transformer2DModel", "SpatialTransformer"})
+UNET_CONV_CONTAINERS = frozenset({"ResnetBlock2D", "Downsample2D", "Upsample2D"})
+TEXT_ENCODER_CONTAINERS = frozenset(
+    {"CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP"}
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One candidate layer.
+
+    ``layer_kind`` is ``linear``, ``conv1x1`` or ``conv3x3`` (any kernel larger than 1x1);
+    ``in_conv_block`` is true for layers inside ResNet blocks and samplers, which kohya
+    adapts only when convolution LoRA (``conv_dim``) is enabled.
+    """
+
+    name: str
+    layer: nn.Module
+    component: str  # "unet" or "text_encoder"
+    block_index: int
+    layer_kind: str
+    in_conv_block: bool
+
+
+def kohya_name(prefix: str, module_path: str) -> str:
+    """``lora_unet`` + ``down_blocks.0.attentions.0.proj_in`` -> ``lora_unet_down_blocks_0_attentions_0_proj_in``."""
+    return f"{prefix}.{module_path}".replace(".", "_")
+
+
+def layer_kind(layer: nn.Module) -> str | None:
+    if isinstance(layer, nn.Linear):
+        return "linear"
+    if isinstance(layer, nn.Conv2d):
+        return "conv1x1" if tuple(layer.kernel_size) == (1, 1) else "conv3x3"
+    return None
+
+
+def _candidates(root: nn.Module, containers: frozenset[str]) -> Iterator[tuple[str, str, nn.Module]]:
+    """(container class, full path, layer) for every Linear/Conv2d under a target container."""
+    for path, module in root.named_modules():
+        container = type(module).__name__
+        if container not in containers:
+            continue
+        for child_path, child in module.named_modules():
+            if child_path and layer_kind(child) is not None:
+                yield container, f"{path}.{child_path}", child
+
+
+def text_encoder_module_path(path: str) -> str:
+    """Normalise a CLIP text-encoder module path to the ``text_model.`` form of the file format."""
+    return path if path.startswith("text_model.") else f"text_model.{path}"
+
+
+def unet_targets(unet: nn.Module, include_conv_blocks: bool) -> list[Target]:
+    containers = UNET_ATTENTION_CONTAINERS | (UNET_CONV_CONTAINERS if include_conv_blocks else frozenset())
+    targets: dict[str, Target] = {}
+    for container, path, layer in _candidates(unet, containers):
+        name = kohya_name(UNET_PREFIX, path)
+        targets.setdefault(
+            name,
+            Target(
+                name=name,
+                layer=layer,
+                component="unet",
+                block_index=block_index(name),
+                layer_kind=layer_kind(layer) or "",
+                in_conv_block=container in UNET_CONV_CONTAINERS,
+            ),
+        )
+    return list(targets.values())
+
+
+def text_encoder_targets(text_encoder: nn.Module, prefix: str = TEXT_ENCODER_PREFIX) -> list[Target]:
+    targets: dict[str, Target] = {}
+    for _, path, layer in _candidates(text_encoder, TEXT_ENCODER_CONTAINERS):
+        name = kohya_name(prefix, text_encoder_module_path(path))
+        targets.setdefault(
+            name,
+            Target(
+                name=name,
+                layer=layer,
+                component="text_encoder",
+                block_index=-1,
+                layer_kind=layer_kind(layer) or "",
+                in_conv_block=False,
+            ),
+        )
+    return list(targets.values())
+
+
+def all_targets(unet: nn.Module | None, text_encoder: nn.Module | None, include_conv_blocks: bool) -> list[Target]:
+    """Text-encoder targets first, then U-Net targets, each in module order."""
+    found: list[Target] = []
+    if text_encoder is not None:
+        found += text_encoder_targets(text_encoder)
+    if unet is not None:
+        found += unet_targets(unet, include_conv_blocks)
+    return found

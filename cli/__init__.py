@@ -1,0 +1,1 @@
+"""The ``adapt`` command-line application."""

@@ -1,0 +1,26 @@
+"""``adapt networks``: the installed adapter types, their distributions and options."""
+
+from __future__ import annotations
+
+import click
+
+from adapters_core.options import COMMON_OPTIONS
+from adapters_core.plugins import get_registry
+
+
+@click.command("networks")
+def networks() -> None:
+    """List installed network types with distribution, version and --network_args options."""
+    registry = get_registry()
+    for name in sorted(registry.types):
+        network_type = registry.types[name]
+        aliases = f" (aliases: {', '.join(network_type.aliases)})" if network_type.aliases else ""
+        click.echo(f"{name}{aliases}  [{network_type.distribution} {network_type.version}]")
+        click.echo(f"    {network_type.description}")
+        if network_type.kohya_module:
+            click.echo(f"    writes ss_network_module={network_type.kohya_module}")
+        for option in network_type.options:
+            click.echo(f"    {option.name}={option.type.__name__} (default {option.default}): {option.help}")
+    click.echo("\ncommon options of every type (--network_args key=value):")
+    for option in COMMON_OPTIONS:
+        click.echo(f"    {option.name}: {option.help}")

@@ -1,0 +1,124 @@
+"""The hooks shared by every type that stores kohya LoRA keys (LierLa, C3Lier, DyLoRA).
+
+Each of those plugins is an instance of :class:`LoRAFamilyPlugin` with its own
+:class:`NetworkType` and module class, so the math is written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapt_lora.math import lora_delta, lora_factors
+from adapt_lora.module import LoRAModule
+from adapters_core.module import merge_additive
+from adapters_core.plugins import hookimpl
+from adapters_core.types import NetworkOption, NetworkType
+
+LORA_KEYS = ("lora_down.weight", "lora_up.weight", "alpha")
+
+DROPOUT_OPTIONS: tuple[NetworkOption, ...] = (
+    NetworkOption("dropout", float, None, "dropout on down(x) during training (--network_dropout)"),
+    NetworkOption("rank_dropout", float, None, "probability of dropping each rank component per sample"),
+    NetworkOption("module_dropout", float, None, "probability of skipping a module for a step"),
+)
+CONV_OPTIONS: tuple[NetworkOption, ...] = (
+    NetworkOption("conv_dim", int, None, "rank of 3x3 conv modules (enables ResNet blocks and samplers)"),
+    NetworkOption("conv_alpha", float, None, "alpha of 3x3 conv modules (default 1)"),
+)
+
+ModuleFactory = Callable[[str, nn.Module, Mapping[str, Any]], nn.Module]
+
+
+def build_lora_module(name: str, layer: nn.Module, options: Mapping[str, Any]) -> LoRAModule:
+    return LoRAModule(
+        name,
+        layer,
+        int(options["dim"]),
+        options.get("alpha"),
+        dropout=options.get("dropout"),
+        rank_dropout=options.get("rank_dropout"),
+        module_dropout=options.get("module_dropout"),
+    )
+
+
+class LoRAFamilyPlugin:
+    """Hook implementations for one LoRA-keyed type; answers only for ``network_type.name``."""
+
+    def __init__(
+        self, network_type: NetworkType, module_factory: ModuleFactory = build_lora_module, *, detects: bool = False
+    ) -> None:
+        self.network_type = network_type
+        self.module_factory = module_factory
+        self.detects = detects
+
+    def _mine(self, network: str) -> bool:
+        return network == self.network_type.name
+
+    @hookimpl
+    def register_networks(self, register: Callable[[NetworkType], None]) -> None:
+        register(self.network_type)
+
+    @hookimpl
+    def create_module(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]) -> nn.Module | None:
+        if not self._mine(network) or not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            return None
+        return self.module_factory(name, layer, options)
+
+    @hookimpl
+    def state_dict_keys(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]) -> list[str] | None:
+        if not self._mine(network):
+            return None
+        return [f"{name}.{key}" for key in LORA_KEYS]
+
+    @hookimpl
+    def delta_weight(
+        self, network: str, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size
+    ) -> torch.Tensor | None:
+        if not self._mine(network):
+            return None
+        return lora_delta(tensors["lora_up.weight"], tensors["lora_down.weight"], tensors.get("alpha"), weight_shape)
+
+    @hookimpl
+    def merge_weights(
+        self, network: str, tensors: Mapping[str, torch.Tensor], weight: torch.Tensor, ratio: float
+    ) -> torch.Tensor | None:
+        if not self._mine(network):
+            return None
+        delta = lora_delta(tensors["lora_up.weight"], tensors["lora_down.weight"], tensors.get("alpha"), weight.shape)
+        return merge_additive(weight, delta, ratio)
+
+    @hookimpl
+    def extract(
+        self, network: str, delta: torch.Tensor, rank: int, options: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor] | None:
+        if not self._mine(network):
+            return None
+        return lora_factors(
+            delta,
+            rank,
+            alpha=options.get("alpha"),
+            method=options.get("svd", "exact"),
+            clamp_quantile=options.get("clamp_quantile"),
+        )
+
+    @hookimpl
+    def module_options_from_tensors(
+        self, network: str, name: str, tensors: Mapping[str, torch.Tensor]
+    ) -> dict[str, Any] | None:
+        if not self._mine(network) or "lora_down.weight" not in tensors:
+            return None
+        dim = int(tensors["lora_down.weight"].shape[0])
+        alpha = tensors.get("alpha")
+        return {"dim": dim, "alpha": float(alpha) if alpha is not None else float(dim)}
+
+    @hookimpl
+    def detect_network(self, keys: frozenset[str], metadata: Mapping[str, str]) -> str | None:
+        if not self.detects:
+            return None
+        if any(key.endswith(".lora_down.weight") for key in keys):
+            return self.network_type.name
+        return None

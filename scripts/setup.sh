@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install adapt with its test extras, CPU PyTorch first.
+# GPU users: install the CUDA build of torch yourself first (see README), then run this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.adapt-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  touch "$stamp"
+fi
