@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -72,13 +72,41 @@ class Network(nn.Module):
         registry = registry or get_registry()
         network_type = registry.get(network)
         resolved = resolve_options(network_type, options or {})
-        self = cls(network_type, resolved, registry)
         plan = RankPlan.from_options(resolved)
-        for target in all_targets(unet, text_encoder, include_conv_blocks=plan.conv_enabled):
+        targets = all_targets(unet, text_encoder, include_conv_blocks=plan.conv_enabled)
+        return cls._build(network_type, resolved, plan, targets, multiplier, registry)
+
+    @classmethod
+    def create_for_targets(
+        cls,
+        network: str,
+        targets: Iterable[Target],
+        *,
+        options: Mapping[str, Any] | None = None,
+        multiplier: float = 1.0,
+        registry: Registry | None = None,
+    ) -> Network:
+        """A fresh network on an explicit list of layers (the contract suite, custom models)."""
+        registry = registry or get_registry()
+        network_type = registry.get(network)
+        resolved = resolve_options(network_type, options or {})
+        return cls._build(network_type, resolved, RankPlan.from_options(resolved), targets, multiplier, registry)
+
+    @classmethod
+    def _build(
+        cls,
+        network_type: NetworkType,
+        options: dict[str, Any],
+        plan: RankPlan,
+        targets: Iterable[Target],
+        multiplier: float,
+        registry: Registry,
+    ) -> Network:
+        self = cls(network_type, options, registry)
+        for target in targets:
             dim, alpha = plan.dim_alpha(target.block_index, target.layer_kind)
-            if dim <= 0:
-                continue
-            self._add(target, {**resolved, "dim": dim, "alpha": alpha})
+            if dim > 0:
+                self._add(target, {**options, "dim": dim, "alpha": alpha})
         self.set_multiplier(multiplier)
         return self
 
@@ -89,6 +117,7 @@ class Network(nn.Module):
         *,
         unet: nn.Module | None = None,
         text_encoder: nn.Module | None = None,
+        targets: Iterable[Target] | None = None,
         metadata: Mapping[str, str] | None = None,
         network: str | None = None,
         multiplier: float = 1.0,
@@ -98,8 +127,8 @@ class Network(nn.Module):
         """A network holding exactly the modules named in ``tensors``, with their weights loaded.
 
         Module names are normalised (LDM U-Net names, text-encoder names without
-        ``text_model_``). Keys that match no layer of the given models are logged and kept
-        in :attr:`unmatched_keys`.
+        ``text_model_``). Keys that match no layer of the given models (or of ``targets``,
+        when given instead of models) are logged and kept in :attr:`unmatched_keys`.
         """
         registry = registry or get_registry()
         metadata = metadata or {}
@@ -111,7 +140,9 @@ class Network(nn.Module):
         network_type = registry.get(network)
         options = resolve_options(network_type, {})
         self = cls(network_type, options, registry)
-        candidates = {t.name: t for t in all_targets(unet, text_encoder, include_conv_blocks=True)}
+        if targets is None:
+            targets = all_targets(unet, text_encoder, include_conv_blocks=True)
+        candidates = {t.name: t for t in targets}
         layers_per_block = _layers_per_block(unet)
         for raw_name, module_tensors in split_module_keys(tensors).items():
             name = normalize_module_name(raw_name, layers_per_block)

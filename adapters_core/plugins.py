@@ -45,6 +45,7 @@ class Registry:
         self.plugins: list[LoadedPlugin] = []
         self.types: dict[str, NetworkType] = {}
         self._aliases: dict[str, str] = {}
+        self._origins: dict[str, LoadedPlugin] = {}
 
     @property
     def hook(self) -> Any:
@@ -56,7 +57,6 @@ class Registry:
             self.pm.register(module, name=origin.entry_point)
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            self.pm.unregister(module)
             reason = str(exc).splitlines()[0]
             raise PluginError(f"{origin.describe()}: {reason}") from None
         except ValueError as exc:
@@ -72,10 +72,11 @@ class Registry:
             existing = self._owner(name)
             if existing is not None:
                 raise PluginError(
-                    f"network type '{name}' is registered twice: by {existing.distribution} and by "
-                    f"{origin.describe()}"
+                    f"network type '{name}' is registered twice: by {self._origins[existing.name].describe()} "
+                    f"and by {origin.describe()}"
                 )
         self.types[network_type.name] = stamped
+        self._origins[network_type.name] = origin
         for alias in network_type.aliases:
             self._aliases[alias] = network_type.name
 

@@ -1,0 +1,91 @@
+"""Diffusers pipelines and inference schedulers from an :class:`SDModel`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import diffusers
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from adapters_core.errors import ConfigError, ModelLoadError
+from adapters_core.models.components import SDModel
+
+# name -> (class, extra config); the names are those of kohya's --sample_sampler where they overlap
+SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+}
+
+
+def make_scheduler(config: Mapping[str, Any], name: str, *, v_parameterization: bool) -> SchedulerMixin:
+    """A scheduler ``name`` built ``from_config`` of a model's noise-scheduler config."""
+    if name not in SCHEDULERS:
+        raise ConfigError(f"scheduler {name!r}: expected one of {', '.join(SCHEDULERS)}")
+    cls, extra = SCHEDULERS[name]
+    prediction_type = "v_prediction" if v_parameterization else "epsilon"
+    try:
+        return cls.from_config({**config, **extra, "prediction_type": prediction_type})
+    except ImportError as error:  # LMS needs scipy, which adapt does not depend on
+        raise ConfigError(f"scheduler {name!r}: {' '.join(str(error).split())}") from error
+
+
+def scheduler_for_saving(model: SDModel) -> SchedulerMixin:
+    """The scheduler class the model's config names (what a Diffusers folder should keep)."""
+    class_name = model.noise_scheduler_config.get("_class_name", "DDIMScheduler")
+    cls = getattr(diffusers, str(class_name), None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        cls = DDIMScheduler
+    prediction_type = "v_prediction" if model.v_parameterization else "epsilon"
+    config = {**model.noise_scheduler_config, "prediction_type": prediction_type}
+    scheduler: SchedulerMixin = cls.from_config(config)
+    return scheduler
+
+
+def build_pipeline(model: SDModel, scheduler: SchedulerMixin) -> StableDiffusionPipeline:
+    """A pipeline around the model's modules (shared, not copied); the tokenizer may be None."""
+    return StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def to_pipeline(model: SDModel, scheduler_name: str = "ddim") -> StableDiffusionPipeline:
+    """A ready-to-run ``StableDiffusionPipeline`` (safety checker off) sharing the model's modules.
+
+    Schedulers: ddim, pndm, euler, euler_a, dpmsolver++ (alias dpm), lms (needs scipy), ddpm, heun.
+    """
+    if model.tokenizer is None:
+        raise ModelLoadError(
+            f"{model.source}: loaded without a tokenizer; pass tokenizer_path to load_sd_model"
+        )
+    scheduler = make_scheduler(
+        model.noise_scheduler_config, scheduler_name, v_parameterization=model.v_parameterization
+    )
+    pipe = build_pipeline(model, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

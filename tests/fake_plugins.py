@@ -1,0 +1,98 @@
+"""Plugins used by the plugin-host tests, loaded through faked entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapters_core import NetworkOption, NetworkType, hookimpl
+from adapters_core.module import AdapterModule, merge_additive
+
+
+class FullDeltaModule(AdapterModule):
+    """Stores a full weight delta (zeros at init): the simplest possible additive type."""
+
+    def __init__(self, name: str, layer: nn.Module) -> None:
+        super().__init__(name)
+        self.is_conv = isinstance(layer, nn.Conv2d)
+        self.stride = getattr(layer, "stride", 1)
+        self.padding = getattr(layer, "padding", 0)
+        self.diff = nn.Parameter(torch.zeros_like(layer.weight, device="cpu"))
+
+    def forward(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        weight = self.diff.to(x.dtype)
+        out = F.conv2d(x, weight, None, self.stride, self.padding) if self.is_conv else F.linear(x, weight)
+        return base + self.multiplier * out
+
+
+class FullDeltaPlugin:
+    name = "fulldelta"
+
+    @hookimpl
+    def register_networks(self, register: Callable[[NetworkType], None]) -> None:
+        register(
+            NetworkType(
+                self.name,
+                "full-rank weight difference (test plugin)",
+                options=(NetworkOption("conv_dim", int, 1, "adapt 3x3 convs when > 0"),),
+                kohya_module="tests.fulldelta",
+            )
+        )
+
+    @hookimpl
+    def create_module(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]):
+        return FullDeltaModule(name, layer) if network == self.name else None
+
+    @hookimpl
+    def state_dict_keys(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]):
+        return [f"{name}.diff"] if network == self.name else None
+
+    @hookimpl
+    def delta_weight(self, network: str, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size):
+        return tensors["diff"].float().reshape(weight_shape) if network == self.name else None
+
+    @hookimpl
+    def merge_weights(self, network: str, tensors: Mapping[str, torch.Tensor], weight: torch.Tensor, ratio: float):
+        return merge_additive(weight, tensors["diff"].float(), ratio) if network == self.name else None
+
+    @hookimpl
+    def extract(self, network: str, delta: torch.Tensor, rank: int, options: Mapping[str, Any]):
+        return {"diff": delta.clone()} if network == self.name else None
+
+    @hookimpl
+    def module_options_from_tensors(self, network: str, name: str, tensors: Mapping[str, torch.Tensor]):
+        return {"dim": 1, "alpha": 1.0} if network == self.name and "diff" in tensors else None
+
+    @hookimpl
+    def detect_network(self, keys: frozenset[str], metadata: Mapping[str, str]):
+        return self.name if any(key.endswith(".diff") for key in keys) else None
+
+
+fulldelta = FullDeltaPlugin()
+
+
+class DuplicateLoRA:
+    @hookimpl
+    def register_networks(self, register: Callable[[NetworkType], None]) -> None:
+        register(NetworkType("lora", "a second 'lora'"))
+
+
+class WrongSignature:
+    @hookimpl
+    def create_module(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any], extra: int):
+        return None
+
+
+class MisspelledHook:
+    @hookimpl
+    def create_modul(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]):
+        return None
+
+
+duplicate = DuplicateLoRA()
+wrong_signature = WrongSignature()
+misspelled = MisspelledHook()
