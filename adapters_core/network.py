@@ -156,14 +156,21 @@ class Network(nn.Module):
             if per_module is None:
                 self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors]
                 continue
-            module = self._add(target, {**options, **per_module, "from_weights": True})
+            module_options = {**options, **per_module, "from_weights": True}
+            module = self._add(target, module_options)
             if module is None:
                 self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors]
                 continue
-            load_module_tensors(module, f"{source}: {raw_name}", module_tensors)
+            expected = self.registry.hook.state_dict_keys(
+                network=network_type.name, name=name, layer=target.layer, options=module_options
+            )
+            prefix = f"{name}."
+            known = {key.removeprefix(prefix) for key in expected or ()}
+            self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors if key not in known]
+            load_module_tensors(module, f"{source}: {raw_name}", {k: v for k, v in module_tensors.items() if k in known})
         if self.unmatched_keys:
             log.warning(
-                "%s: %d keys match no layer of the model and were not loaded: %s",
+                "%s: %d keys match no layer of the model (or no key this type reads) and were not loaded: %s",
                 source,
                 len(self.unmatched_keys),
                 ", ".join(self.unmatched_keys[:5]) + (" ..." if len(self.unmatched_keys) > 5 else ""),

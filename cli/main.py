@@ -7,6 +7,7 @@ import os
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local paths only
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no notices about unused image processors
 
 import click
 
