@@ -11,6 +11,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from adapters_core.errors import ModelLoadError
@@ -109,7 +110,7 @@ def _from_pretrained(load: Callable[..., ModuleT], path: Path, subfolder: str, *
         raise ModelLoadError(f"{path}: no {subfolder}/ folder; expected a Stable Diffusion Diffusers folder")
     try:
         return load(path, subfolder=subfolder, local_files_only=True, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
         message = " ".join(str(error).split())[:300]
         raise ModelLoadError(f"{path / subfolder}: cannot load ({message})") from error
 
@@ -174,7 +175,7 @@ def _load_single_file(
     name: ConfigName = "tiny" if architecture == "tiny" else config_name_for(is_v2, v_parameterization)
 
     # The checkpoint lets go of each component before _assign copies it tensor by tensor,
-    # so memory peaks at about the checkpoint's size.
+    # releasing each original once its copy exists: the weights are never held twice.
     unet_config = load_config(name, "unet")
     unet_config["in_channels"] = checkpoint[_CONV_IN].shape[1]  # 9 for inpainting models
     unet_state = unet_from_ldm(checkpoint, unet_config)
@@ -207,8 +208,8 @@ def _forget(checkpoint: dict[str, torch.Tensor], prefix: str) -> None:
 def _assign(
     path: Path, what: str, build: Callable[[], ModuleT], state: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> ModuleT:
-    """Build a module without allocating its weights, then adopt the checkpoint's tensors
-    (cast to ``dtype``; the strict key check below guarantees every parameter is replaced)."""
+    """Build a module without allocating its weights, then adopt ``state``'s tensors, cast to
+    ``dtype`` (``state`` is emptied; the key check guarantees every parameter is replaced)."""
     with init_empty_weights():  # parameters on "meta"; buffers (CLIP position_ids) stay real
         module = build()
     # Copies, even without a cast: tensors read from a safetensors file are views at unaligned
@@ -226,7 +227,7 @@ def _assign(
     problems += [f"unexpected {k}" for k in result.unexpected_keys]
     if problems:
         raise ModelLoadError(f"{path}: {what} keys do not fit the SD config: {', '.join(problems[:5])}")
-    return module
+    return module.eval()  # as from_pretrained leaves it
 
 
 def _has_tokenizer_files(folder: Path) -> bool:

@@ -95,9 +95,8 @@ def model_to_ldm(model: SDModel | ComponentStateDicts, *, v2: bool | None = None
             **text_encoder_to_ldm(model.text_encoder.state_dict(), v2=model.v2),
             **vae_to_ldm(model.vae.state_dict()),
         }
-    unknown = sorted(set(model) - {"unet", "text_encoder", "vae"})
-    if unknown or not model:
-        raise FormatError(f"component state dicts {unknown or '{}'}: expected keys unet, text_encoder, vae")
+    if not model or set(model) - {"unet", "text_encoder", "vae"}:
+        raise FormatError(f"component state dicts {sorted(model)}: expected keys among unet, text_encoder, vae")
     out: StateDict = {}
     if "unet" in model:
         out.update(unet_to_ldm(model["unet"]))

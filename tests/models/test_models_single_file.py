@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from adapters_core.errors import FormatError, ModelLoadError, OutputExistsError
 from adapters_core.models import SDModel, load_sd_model, read_checkpoint, save_single_file
-from adapters_core.models.ldm_layout import TE_V1_PREFIX
+from adapters_core.models.ldm_layout import TE_V1_PREFIX, TE_V2_PREFIX, text_encoder_from_ldm
 
 SameState = Callable[[torch.nn.Module, torch.nn.Module], None]
 
@@ -87,7 +89,7 @@ def test_component_dict_input_and_overwrite(tiny: SDModel, tmp_path: Path) -> No
     with pytest.raises(OutputExistsError):
         save_single_file({"unet": tiny.unet.state_dict()}, path)
     save_single_file({"vae": tiny.vae.state_dict()}, path, overwrite=True)
-    with pytest.raises(FormatError, match="expected keys unet, text_encoder, vae"):
+    with pytest.raises(FormatError, match="expected keys among unet, text_encoder, vae"):
         save_single_file({"transformer": {}}, tmp_path / "y.safetensors")
 
 
@@ -102,3 +104,34 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     broken.write_bytes(b"\x00" * 16)
     with pytest.raises(FormatError, match="broken.safetensors: not a readable safetensors file"):
         read_checkpoint(broken)
+
+
+def test_diffusers_reads_our_single_file(tiny_files: dict[str, Path], tiny: SDModel) -> None:
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(tiny_files["single"]), config=str(tiny_files["diffusers"]), local_files_only=True, safety_checker=None
+    )
+    for name in ("unet", "text_encoder", "vae"):
+        ours, theirs = getattr(tiny, name).state_dict(), getattr(pipe, name).state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
+def test_v2_text_encoder_takes_dropped_layer_from_template(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    config = {"vocab_size": 194, "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+              "max_position_embeddings": 77, "hidden_act": "gelu"}
+    full = CLIPTextModel(CLIPTextConfig(**config, num_hidden_layers=3))
+    source = tmp_path / "v2.safetensors"
+    save_single_file({"text_encoder": full.state_dict()}, source, v2=True)
+    tensors = load_file(source)
+    tensors[TE_V2_PREFIX + "text_projection"] = torch.randn(32, 32)
+    tensors[TE_V2_PREFIX + "logit_scale"] = torch.tensor(4.6)
+    save_file(tensors, source, metadata={"format": "pt"})
+
+    penultimate = CLIPTextModel(CLIPTextConfig(**config, num_hidden_layers=2))
+    penultimate.load_state_dict(text_encoder_from_ldm(tensors, v2=True, num_layers=2))
+    out = save_single_file({"text_encoder": penultimate.state_dict()}, tmp_path / "o.safetensors",
+                           v2=True, template=source)
+    written = load_file(out)
+    assert written.keys() == tensors.keys()
+    assert all(torch.equal(written[k], tensors[k]) for k in tensors)
