@@ -1,74 +1,57 @@
 """Normalise the module names found in adapter files to the names :mod:`targets` produces.
 
-Readers in the wild meet three spellings besides the standard one: U-Net modules named
-after the original LDM layout (``lora_unet_input_blocks_1_1_proj_in``), and text-encoder
-modules without the ``text_model_`` level (written under transformers 5 by some tools).
+Readers in the wild meet two spellings besides the standard one: U-Net modules named after
+the original LDM layout (``lora_unet_input_blocks_1_1_proj_in``), and text-encoder modules
+without the ``text_model_`` level (written under transformers 5 by some tools). LDM names
+are derived from the U-Net's own config through the checkpoint key table, so any depth and
+any ``layers_per_block`` map correctly.
 """
 
 from __future__ import annotations
 
-import re
+import functools
+from collections.abc import Iterable, Mapping
 
-_RESNET_INNER = {
-    "in_layers_2": "conv1",
-    "out_layers_3": "conv2",
-    "emb_layers_1": "time_emb_proj",
-    "skip_connection": "conv_shortcut",
-}
-_LDM_RE = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks)_(?:(\d+)_)?(\d+)_(.+)$")
-_ATTENTION_INNER = ("proj_in", "proj_out", "transformer_blocks", "norm")
+from torch import nn
 
+from adapters_core.models.ldm_layout import UNetLayout
+from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, Target, kohya_name, unet_targets
 
-def _resnet_inner(rest: str) -> str:
-    for ldm, diffusers in _RESNET_INNER.items():
-        if rest == ldm or rest.startswith(ldm + "_"):
-            return diffusers + rest[len(ldm):]
-    return rest
+_TE_STANDARD = f"{TEXT_ENCODER_PREFIX}_text_model_"
 
 
-def _ldm_to_diffusers(name: str, layers_per_block: int) -> str:
-    match = _LDM_RE.match(name)
-    if match is None:
-        return name
-    part, block_text, sub_text, rest = match.groups()
-    sub = int(sub_text)
-    if part == "middle_block":
-        # middle_block_N_rest: the regex put N in sub_text only when there was no block number
-        index = int(block_text) if block_text is not None else sub
-        if block_text is not None:
-            rest = f"{sub_text}_{rest}"
-        mapped = {0: "resnets_0", 1: "attentions_0", 2: "resnets_1"}.get(index)
-        if mapped is None:
-            return name
-        inner = rest if mapped.startswith("attentions") else _resnet_inner(rest)
-        return f"lora_unet_mid_block_{mapped}_{inner}"
-    if block_text is None:
-        return name
-    block = int(block_text)
-    per_level = layers_per_block + 1
-    if part == "input_blocks":
-        if block == 0:
-            return name
-        level, position = divmod(block - 1, per_level)
-        if position == layers_per_block:
-            return f"lora_unet_down_blocks_{level}_downsamplers_0_conv" if rest == "conv" or rest.startswith("op") else name
-        if sub == 0:
-            return f"lora_unet_down_blocks_{level}_resnets_{position}_{_resnet_inner(rest)}"
-        return f"lora_unet_down_blocks_{level}_attentions_{position}_{rest}"
-    level, position = divmod(block, per_level)
-    if sub == 0:
-        return f"lora_unet_up_blocks_{level}_resnets_{position}_{_resnet_inner(rest)}"
-    if sub == 1 and rest.startswith(_ATTENTION_INNER):
-        return f"lora_unet_up_blocks_{level}_attentions_{position}_{rest}"
-    if rest == "conv":
-        return f"lora_unet_up_blocks_{level}_upsamplers_0_conv"
-    return name
+def ldm_unet_aliases(unet: nn.Module | None, targets: Iterable[Target]) -> dict[str, str]:
+    """``{LDM-style kohya name: standard kohya name}`` for the U-Net targets of ``unet``."""
+    config = getattr(unet, "config", None)
+    if config is None:
+        return {}
+    key_map = UNetLayout.from_config(config).key_map()
+    aliases: dict[str, str] = {}
+    for target in targets:
+        if target.component != "unet" or not target.module_path:
+            continue
+        ldm = key_map.to_ldm(f"{target.module_path}.weight")
+        if ldm is not None:
+            aliases[kohya_name(UNET_PREFIX, ldm.removesuffix(".weight"))] = target.name
+    return aliases
 
 
-def normalize_module_name(name: str, layers_per_block: int = 2) -> str:
-    """The standard (diffusers-path) kohya name of a module name read from a file."""
-    if name.startswith("lora_te_") and not name.startswith("lora_te_text_model_"):
-        return "lora_te_text_model_" + name[len("lora_te_"):]
-    if name.startswith("lora_unet_"):
-        return _ldm_to_diffusers(name, layers_per_block)
-    return name
+@functools.cache
+def sd_unet_aliases() -> dict[str, str]:
+    """The LDM aliases of the SD 1.x/2.x U-Net layout (both share their block structure)."""
+    from adapters_core.models import build_sd15_unet
+
+    unet = build_sd15_unet(device="meta")
+    return ldm_unet_aliases(unet, unet_targets(unet, include_conv_blocks=True))
+
+
+def normalize_module_name(name: str, ldm_aliases: Mapping[str, str] | None = None) -> str:
+    """The standard (diffusers-path) kohya name of a module name read from a file.
+
+    ``ldm_aliases`` comes from :func:`ldm_unet_aliases` for the model at hand; without it
+    the SD 1.x/2.x layout is assumed (tools that read adapter files without a model).
+    """
+    if name.startswith(f"{TEXT_ENCODER_PREFIX}_") and not name.startswith(_TE_STANDARD):
+        return _TE_STANDARD + name[len(TEXT_ENCODER_PREFIX) + 1 :]
+    aliases = sd_unet_aliases() if ldm_aliases is None else ldm_aliases
+    return aliases.get(name, name)

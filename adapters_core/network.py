@@ -12,7 +12,7 @@ from torch import nn
 
 from adapters_core.blocks import RankPlan
 from adapters_core.errors import FormatError, ShapeMismatchError
-from adapters_core.keys import normalize_module_name
+from adapters_core.keys import ldm_unet_aliases, normalize_module_name
 from adapters_core.module import AdapterModule, load_module_tensors
 from adapters_core.options import resolve_options
 from adapters_core.patching import attach, detach
@@ -30,12 +30,6 @@ def split_module_keys(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str
         name, _, rest = key.partition(".")
         grouped.setdefault(name, {})[rest] = tensor
     return grouped
-
-
-def _layers_per_block(unet: nn.Module | None) -> int:
-    config = getattr(unet, "config", None)
-    value = getattr(config, "layers_per_block", 2) if config is not None else 2
-    return int(value[0] if isinstance(value, (list, tuple)) else value)
 
 
 class Network(nn.Module):
@@ -143,9 +137,9 @@ class Network(nn.Module):
         if targets is None:
             targets = all_targets(unet, text_encoder, include_conv_blocks=True)
         candidates = {t.name: t for t in targets}
-        layers_per_block = _layers_per_block(unet)
+        aliases = ldm_unet_aliases(unet, candidates.values())
         for raw_name, module_tensors in split_module_keys(tensors).items():
-            name = normalize_module_name(raw_name, layers_per_block)
+            name = normalize_module_name(raw_name, aliases)
             target = candidates.get(name)
             if target is None:
                 self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors]

@@ -40,6 +40,7 @@ class Target:
     block_index: int
     layer_kind: str
     in_conv_block: bool
+    module_path: str = ""  # the layer's path in its model, as named_modules() gives it today
 
 
 def kohya_name(prefix: str, module_path: str) -> str:
@@ -85,6 +86,7 @@ def unet_targets(unet: nn.Module, include_conv_blocks: bool) -> list[Target]:
                 block_index=block_index(name),
                 layer_kind=layer_kind(layer) or "",
                 in_conv_block=container in UNET_CONV_CONTAINERS,
+                module_path=path,
             ),
         )
     return list(targets.values())
@@ -103,6 +105,7 @@ def text_encoder_targets(text_encoder: nn.Module, prefix: str = TEXT_ENCODER_PRE
                 block_index=-1,
                 layer_kind=layer_kind(layer) or "",
                 in_conv_block=False,
+                module_path=path,
             ),
         )
     return list(targets.values())

@@ -13,9 +13,10 @@ import torch
 
 from adapters_core.errors import FormatError, ShapeMismatchError
 from adapters_core.formats import load_adapter, save_adapter
-from adapters_core.keys import normalize_module_name
+from adapters_core.keys import ldm_unet_aliases, normalize_module_name
+from adapters_core.targets import unet_targets
 from adapters_core.metadata import modelspec_metadata, network_metadata
-from adapters_core.models import build_sd2_unet, build_tiny_model
+from adapters_core.models import build_sd2_unet, build_sd15_unet, build_tiny_model
 from adapters_core.network import Network
 from helpers import randomize, te_out, unet_inputs, unet_out
 
@@ -157,6 +158,12 @@ def test_te_names_without_text_model_and_unknown_keys_are_reported(lora_file, ca
         assert torch.equal(a, b)
 
 
+@pytest.fixture(scope="module")
+def sd15_aliases():
+    unet = build_sd15_unet()
+    return ldm_unet_aliases(unet, unet_targets(unet, include_conv_blocks=True))
+
+
 @pytest.mark.parametrize(
     ("ldm", "diffusers"),
     [
@@ -175,8 +182,9 @@ def test_te_names_without_text_model_and_unknown_keys_are_reported(lora_file, ca
         ("lora_unet_down_blocks_0_attentions_0_proj_in", "lora_unet_down_blocks_0_attentions_0_proj_in"),
     ],
 )
-def test_ldm_names_are_normalised(ldm, diffusers):
-    assert normalize_module_name(ldm) == diffusers
+def test_ldm_names_are_normalised(sd15_aliases, ldm, diffusers):
+    assert normalize_module_name(ldm, sd15_aliases) == diffusers
+    assert normalize_module_name(ldm) == diffusers  # the SD layout is the default
 
 
 def test_ldm_named_file_loads_onto_the_same_layers(lora_file):
