@@ -35,7 +35,7 @@ def merge_additive(weight: torch.Tensor, delta: torch.Tensor, ratio: float) -> t
                 f"delta of shape {tuple(delta.shape)} does not fit a weight of shape {tuple(weight.shape)}"
             )
         delta = delta.reshape(weight.shape)
-    merged = weight.float() + ratio * delta.to(weight.device, torch.float32)
+    merged = torch.add(weight.float(), delta.to(weight.device, torch.float32), alpha=ratio)
     return merged.to(weight.dtype)
 
 

@@ -23,8 +23,8 @@ def lora_delta(
     ``up`` flattened to ``[out, r]`` and ``down`` flattened to ``[r, in*kh*kw]``.
     """
     rank = down.shape[0]
-    product = up.reshape(up.shape[0], -1).float() @ down.reshape(rank, -1).float()
-    return (product * lora_scale(alpha, rank)).reshape(weight_shape)
+    scaled_up = up.reshape(up.shape[0], -1).float() * lora_scale(alpha, rank)  # scale the small factor
+    return (scaled_up @ down.reshape(rank, -1).float()).reshape(weight_shape)
 
 
 def lora_factors(
