@@ -8,7 +8,7 @@ SVD_METHODS = ("exact", "randomized")
 
 
 def truncated_svd(
-    matrix: torch.Tensor, rank: int, method: str = "exact", oversample: int = 8, power_iterations: int = 2
+    matrix: torch.Tensor, rank: int, method: str = "exact", oversample: int = 8, power_iterations: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(U_k, S_k, Vh_k)`` of a 2-D float matrix, ``k = min(rank, *matrix.shape)``.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from adapters_core.blocks import block_index
+from adapters_core.blocks import MID_BLOCK_INDEX, NUM_DOWN_BLOCKS, block_index
 
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
@@ -46,6 +46,23 @@ class Target:
 def kohya_name(prefix: str, module_path: str) -> str:
     """``lora_unet`` + ``down_blocks.0.attentions.0.proj_in`` -> ``lora_unet_down_blocks_0_attentions_0_proj_in``."""
     return f"{prefix}.{module_path}".replace(".", "_")
+
+
+def block_label(name: str) -> str:
+    """``TE``, ``IN00``..``IN11``, ``MID``, ``OUT00``..``OUT11`` (the 25-block index, LBW names)
+    for a kohya module name, ``UNET`` for a U-Net module outside the index, else ``OTHER``."""
+    if name.startswith(TEXT_ENCODER_PREFIX):  # lora_te_, and SDXL's lora_te1_/lora_te2_
+        return "TE"
+    if not name.startswith(UNET_PREFIX + "_"):
+        return "OTHER"
+    index = block_index(name)
+    if index < 0:
+        return "UNET"
+    if index < NUM_DOWN_BLOCKS:
+        return f"IN{index:02d}"
+    if index == MID_BLOCK_INDEX:
+        return "MID"
+    return f"OUT{index - MID_BLOCK_INDEX - 1:02d}"
 
 
 def layer_kind(layer: nn.Module) -> str | None:

@@ -23,7 +23,7 @@ def test_builtin_types_come_from_entry_points():
 
 
 def test_unknown_type_names_the_installed_ones():
-    with pytest.raises(UnknownNetworkError, match="unknown network type 'loraa'; installed types: c3lier, dylora, lora"):
+    with pytest.raises(UnknownNetworkError, match="unknown network type 'loraa'; installed types: c3lier, dylora, loha, lora"):
         get_registry().get("loraa")
 
 

@@ -1,0 +1,49 @@
+"""A small Python API for using adapters with a diffusers ``StableDiffusionPipeline``.
+
+>>> pipe = to_pipeline(load_sd_model("model.safetensors"), "euler_a")
+>>> style, face = load_networks(pipe, ["style.safetensors", "face.safetensors"], [0.8, 0.5])
+>>> image = pipe("a portrait").images[0]
+>>> style.set_multiplier(0.3)        # patched networks can be re-weighted or removed
+>>> face.remove()
+
+Any installed adapter type works (the file's type is detected), kohya LoRA files from any
+tool included; several networks stack on the same layers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from adapters_core.errors import ConfigError, FormatError
+from adapters_core.network import Network
+
+
+def load_networks(
+    pipe: Any,
+    paths: Sequence[str | os.PathLike[str]],
+    multipliers: Sequence[float] | None = None,
+    merge: bool = False,
+) -> list[Network]:
+    """Load adapter files onto ``pipe.unet`` and ``pipe.text_encoder`` and apply them.
+
+    ``multipliers`` (default 1.0 each) must have one value per path. ``merge=False`` patches
+    the layers' forwards (multipliers stay adjustable, :meth:`Network.remove` undoes it);
+    ``merge=True`` adds each delta to the weights instead (no inference overhead, permanent).
+    """
+    count = len(paths)
+    multipliers = [1.0] * count if multipliers is None else list(multipliers)
+    if len(multipliers) != count:
+        raise ConfigError(f"got {count} network files but {len(multipliers)} multipliers; give one multiplier per file")
+    networks: list[Network] = []
+    for path, multiplier in zip(paths, multipliers):
+        network = Network.from_file(path, unet=pipe.unet, text_encoder=pipe.text_encoder, multiplier=float(multiplier))
+        if not any(True for _ in network.adapter_modules()):
+            raise FormatError(f"{path}: none of its modules matches a layer of this model; `adapt check` tells why")
+        if merge:
+            network.merge_to()
+        else:
+            network.apply()
+        networks.append(network)
+    return networks

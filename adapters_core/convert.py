@@ -1,0 +1,100 @@
+"""``adapt convert``: kohya <-> diffusers <-> PEFT LoRA files with identical math.
+
+Reading goes through :class:`adapters_core.lora_set.LoRASet` (see there for how each format
+stores the scale). Module names need no model to convert, but paths do: without a model
+the SD 1.x/2.x names are used; with ``model`` the modules are also checked against that
+model's layers and down/up weights are reshaped to them (2-D for Linear, 4-D for conv
+layers, which matters for SD 2.x ``proj_in``/``proj_out``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adapters_core.convert_formats import detect_format, read_diffusers, read_peft, write_diffusers, write_peft
+from adapters_core.errors import ConfigError, FormatError
+from adapters_core.formats import load_adapter
+from adapters_core.lora_set import DOWN, LoRASet, lora_set_from_kohya, write_kohya
+from adapters_core.structure import ModelStructure, model_structure, naming_structure
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("kohya", "diffusers", "peft")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    source_format: str
+    output: Path
+    modules: int
+
+
+def read_lora(path: str | os.PathLike[str], source_format: str = "auto") -> LoRASet:
+    """A LoRA file or folder in any supported format (``auto`` detects it)."""
+    source = Path(path)
+    if not source.exists():
+        raise FormatError(f"{source}: no such file or folder")
+    fmt = detect_format(source) if source_format == "auto" else source_format
+    if fmt == "kohya":
+        loaded = load_adapter(source)
+        return lora_set_from_kohya(loaded.tensors, loaded.metadata, str(source))
+    if fmt == "diffusers":
+        return read_diffusers(source)
+    if fmt == "peft":
+        return read_peft(source)
+    raise ConfigError(f"--from {source_format}: expected auto, {', '.join(FORMATS)}")
+
+
+def _is_v2(lora: LoRASet) -> bool:
+    """SD 2.x if a cross-attention key/value projection reads 1024-wide contexts."""
+    for name, tensors in lora.modules.items():
+        if name.endswith(("attn2_to_k", "attn2_to_v")):
+            return int(tensors[DOWN].shape[1]) == 1024
+    return False
+
+
+def _unknown_modules(lora: LoRASet, structure: ModelStructure) -> list[str]:
+    return sorted(name for name in lora.modules if name not in structure)
+
+
+def convert_lora(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    to: str,
+    *,
+    source_format: str = "auto",
+    model: str | os.PathLike[str] | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> ConvertResult:
+    """Convert ``source`` to format ``to`` at ``output`` (a file for kohya, a ``.safetensors``
+    file or folder for diffusers, a folder for PEFT)."""
+    if to not in FORMATS:
+        raise ConfigError(f"--to {to}: expected one of {', '.join(FORMATS)}")
+    lora = read_lora(source, source_format)
+    structure = model_structure(model) if model is not None else None
+    naming = structure or (naming_structure() if to != "kohya" else None)
+    if naming is not None:
+        unknown = _unknown_modules(lora, naming)
+        if unknown:
+            raise FormatError(
+                f"{source}: {len(unknown)} modules match no layer of {naming.name} (e.g. {unknown[0]}); "
+                "`adapt check` lists them"
+            )
+    if to == "kohya":
+        v2 = structure.v2 if structure is not None else _is_v2(lora)
+        write_kohya(lora, output, dtype=dtype, overwrite=overwrite, v2=v2)
+        written = Path(output)
+    elif to == "diffusers":
+        assert naming is not None
+        written = write_diffusers(lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite)
+    else:
+        assert naming is not None
+        written = write_peft(lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite)
+    log.info("%s (%s) -> %s (%s): %d modules", source, lora.source_format, written, to, len(lora.modules))
+    return ConvertResult(lora.source_format, written, len(lora.modules))

@@ -1,0 +1,186 @@
+"""``adapt generate``: images from a base model with adapters, reproducible from the seed.
+
+Prompts are encoded as in training (:mod:`adapters_core.train.text`), not by the pipeline,
+so that ``clip_skip`` means what it means in kohya and A1111 (the N-th layer from the end,
+through the final layer norm) on every transformers version, and ``max_token_length``
+150/225 works. Initial noise comes from CPU generators, so a seed gives the same image on
+any device (up to kernel differences). Image ``k`` of a prompt uses seed ``--seed + k``, or
+the ``k``-th seed of the line's ``--d`` list (continued by +1 steps).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from adapters_core.api import load_networks
+from adapters_core.errors import ConfigError
+from adapters_core.generate_png import (
+    NetworkInfo,
+    a1111_parameters,
+    adapter_short_hash,
+    model_short_hash,
+    next_image_index,
+    save_png,
+)
+from adapters_core.generate_prompts import PromptJob
+from adapters_core.models import load_sd_model, to_pipeline
+from adapters_core.network import Network
+from adapters_core.train import text
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Settings shared by every prompt of a run."""
+
+    sampler: str = "ddim"
+    batch_count: int = 1
+    images_per_prompt: int = 1
+    seed: int | None = None
+    clip_skip: int | None = None
+    max_token_length: int | None = None
+
+
+@dataclass
+class GeneratedImage:
+    image: Any  # PIL image, or a float numpy array in [0, 1] with output_type="np"
+    job: PromptJob
+    seed: int
+    multipliers: tuple[float, ...]
+
+
+def encode_prompts(pipe: Any, job: PromptJob, settings: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditioning of the prompt and of the negative prompt, ``[1, tokens, dim]`` each."""
+    layers = pipe.text_encoder.config.num_hidden_layers
+    if settings.clip_skip is not None and not 1 <= settings.clip_skip <= layers:
+        raise ConfigError(f"--clip_skip {settings.clip_skip}: expected 1 to {layers} (the text encoder's layers)")
+    clip_skip = settings.clip_skip if settings.clip_skip and settings.clip_skip > 1 else None
+    ids = text.tokenize(pipe.tokenizer, [job.prompt, job.negative_prompt], settings.max_token_length)
+    with torch.no_grad():
+        embeds = text.encode(pipe.text_encoder, ids, clip_skip)
+    return embeds[:1], embeds[1:]
+
+
+def image_seeds(job: PromptJob, count: int, base_seed: int) -> list[int]:
+    """The seeds of a prompt's ``count`` images: the line's ``--d`` list continued by +1 steps,
+    else ``base_seed + k``."""
+    if job.seeds:
+        listed = list(job.seeds[:count])
+        return listed + [listed[-1] + k for k in range(1, count - len(listed) + 1)]
+    return [base_seed + k for k in range(count)]
+
+
+def _check_job(job: PromptJob, defaults: Sequence[float], merged: bool) -> None:
+    if job.width % 8 or job.height % 8 or job.width <= 0 or job.height <= 0:
+        raise ConfigError(f"prompt {job.prompt!r}: size {job.width}x{job.height}: both sides must be positive multiples of 8")
+    if job.multipliers is None:
+        return
+    if len(job.multipliers) != len(defaults):
+        raise ConfigError(f"prompt {job.prompt!r}: --am gives {len(job.multipliers)} multipliers for {len(defaults)} networks")
+    if merged and tuple(job.multipliers) != tuple(defaults):
+        raise ConfigError(f"prompt {job.prompt!r}: --am cannot change multipliers of merged networks (drop --merge)")
+
+
+def _set_multipliers(networks: Sequence[Network], multipliers: Sequence[float]) -> None:
+    for network, multiplier in zip(networks, multipliers):
+        network.set_multiplier(multiplier)
+
+
+def generate(
+    pipe: Any,
+    jobs: Sequence[PromptJob],
+    settings: GenerationSettings,
+    networks: Sequence[Network] = (),
+    *,
+    merged: bool = False,
+    output_type: str = "pil",
+) -> Iterator[GeneratedImage]:
+    """Run every job ``batch_count`` times with ``images_per_prompt`` images per pipeline call.
+
+    Every job is checked before the first image; a line's ``--am`` multipliers apply to its
+    images only (patched networks get their multipliers back at the end).
+    """
+    base_seed = settings.seed if settings.seed is not None else secrets.randbelow(2**32)
+    defaults = tuple(network.multiplier for network in networks)
+    for job in jobs:
+        _check_job(job, defaults, merged)
+    per_prompt = settings.batch_count * settings.images_per_prompt
+    try:
+        for job in jobs:
+            multipliers = tuple(job.multipliers) if job.multipliers is not None else defaults
+            if not merged:
+                _set_multipliers(networks, multipliers)
+            seeds = image_seeds(job, per_prompt, base_seed)
+            positive, negative = encode_prompts(pipe, job, settings)
+            for start in range(0, per_prompt, settings.images_per_prompt):
+                batch = seeds[start:start + settings.images_per_prompt]
+                result = pipe(
+                    prompt_embeds=positive,
+                    negative_prompt_embeds=negative,
+                    num_images_per_prompt=len(batch),
+                    width=job.width,
+                    height=job.height,
+                    num_inference_steps=job.steps,
+                    guidance_scale=job.scale,
+                    generator=[torch.Generator("cpu").manual_seed(seed) for seed in batch],
+                    output_type=output_type,
+                )
+                for image, seed in zip(result.images, batch):
+                    yield GeneratedImage(image, job, seed, multipliers)
+    finally:
+        if not merged:
+            _set_multipliers(networks, defaults)
+
+
+def generate_to_folder(
+    model_path: str | os.PathLike[str],
+    jobs: Sequence[PromptJob],
+    settings: GenerationSettings,
+    outdir: str | os.PathLike[str],
+    *,
+    network_weights: Sequence[str | os.PathLike[str]] = (),
+    network_mul: Sequence[float] | None = None,
+    merge: bool = False,
+    v2: bool | None = None,
+    v_parameterization: bool | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> list[Path]:
+    """Load the model and networks, generate every image and write it as ``NNNNN-<seed>.png``."""
+    model = load_sd_model(
+        model_path, v2=v2, v_parameterization=v_parameterization, dtype=dtype, tokenizer_path=tokenizer, device=device
+    )
+    pipe = to_pipeline(model, settings.sampler)
+    networks = load_networks(pipe, network_weights, network_mul, merge=merge)
+    folder = Path(outdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_name = Path(model_path).stem if Path(model_path).is_file() else Path(model_path).name
+    model_hash = model_short_hash(model_path)
+    hashes = [adapter_short_hash(path) for path in network_weights]
+    index = next_image_index(folder)
+    total = len(jobs) * settings.batch_count * settings.images_per_prompt
+    written: list[Path] = []
+    with tqdm(total=total, desc="generating", unit="image") as progress:
+        for item in generate(pipe, jobs, settings, networks, merged=merge):
+            infos = [
+                NetworkInfo(Path(path).stem, multiplier, short_hash)
+                for path, multiplier, short_hash in zip(network_weights, item.multipliers, hashes)
+            ]
+            parameters = a1111_parameters(
+                prompt=item.job.prompt, negative_prompt=item.job.negative_prompt, steps=item.job.steps,
+                sampler=settings.sampler, scale=item.job.scale, seed=item.seed, width=item.job.width,
+                height=item.job.height, model_name=model_name, model_hash=model_hash, networks=infos,
+                clip_skip=settings.clip_skip,
+            )
+            written.append(save_png(item.image, folder / f"{index:05d}-{item.seed}.png", parameters))
+            index += 1
+            progress.update(1)
+    return written

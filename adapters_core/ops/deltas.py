@@ -1,0 +1,205 @@
+"""What the adapter tools share: modules of a file, deltas through the hooks, layer shapes.
+
+Every tool reads adapters into :class:`Adapter` (modules keyed by their standard kohya
+name, tensors module-relative, the type detected by ``detect_network``), works per module
+through the hooks (``delta_weight``, ``merge_weights``, ``extract``,
+``module_options_from_tensors``) and writes with :func:`write_adapter`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError, UnknownNetworkError
+from adapters_core.formats import load_adapter
+from adapters_core.keys import normalize_module_name
+from adapters_core.metadata import flags_from_metadata
+from adapters_core.network import split_module_keys
+from adapters_core.ops.factors import factors_of
+from adapters_core.plugins import get_registry
+from adapters_core.targets import all_targets
+
+log = logging.getLogger("adapters_core.ops")
+
+ModuleTensors = dict[str, torch.Tensor]
+ShapeTable = Mapping[str, torch.Size]
+T = TypeVar("T")
+
+
+@dataclass
+class Adapter:
+    """An adapter file by module: ``modules[standard kohya name] = module-relative tensors``."""
+
+    path: Path
+    network: str
+    modules: dict[str, ModuleTensors]
+    metadata: dict[str, str]
+
+    @property
+    def title(self) -> str:
+        return self.metadata.get("modelspec.title") or self.path.stem
+
+    @property
+    def flags(self) -> tuple[bool, bool]:
+        """``(v2, v_parameterization)`` recorded in the file (SD 1.x when absent)."""
+        return flags_from_metadata(self.metadata)
+
+
+def read_adapter(path: str | os.PathLike[str]) -> Adapter:
+    """Load an adapter file, detect its type and group its tensors by (normalised) module name."""
+    loaded = load_adapter(path)
+    network = get_registry().hook.detect_network(keys=frozenset(loaded.tensors), metadata=loaded.metadata)
+    if network is None:
+        sample = ", ".join(sorted(loaded.tensors)[:3]) or "no tensors"
+        raise FormatError(f"{path}: no installed network type recognises its keys (e.g. {sample})")
+    modules: dict[str, ModuleTensors] = {}
+    for raw_name, tensors in split_module_keys(loaded.tensors).items():
+        name = normalize_module_name(raw_name)
+        if name in modules:
+            raise FormatError(f"{path}: module {raw_name} is stored twice (also under another spelling of {name})")
+        modules[name] = tensors
+    return Adapter(Path(path), network, modules, loaded.metadata)
+
+
+def read_adapters(paths: Sequence[str | os.PathLike[str]]) -> list[Adapter]:
+    if not paths:
+        raise ConfigError("--models: give at least one adapter file")
+    return [read_adapter(path) for path in paths]
+
+
+def resolve_ratios(count: int, ratios: Sequence[float] | None) -> list[float]:
+    """One ratio per model (all 1.0 when none were given)."""
+    if not ratios:
+        return [1.0] * count
+    if len(ratios) != count:
+        raise ConfigError(f"--ratios: {len(ratios)} values for {count} --models; give one ratio per model")
+    return [float(r) for r in ratios]
+
+
+def union_names(adapters: Iterable[Adapter]) -> list[str]:
+    """Every module name of the adapters, in order of first appearance."""
+    return list(dict.fromkeys(name for adapter in adapters for name in adapter.modules))
+
+
+def dim_alpha(network: str, name: str, tensors: Mapping[str, torch.Tensor]) -> tuple[int, float]:
+    """A module's rank and effective alpha (None or 0 means alpha = rank, as kohya reads files)."""
+    options = get_registry().hook.module_options_from_tensors(network=network, name=name, tensors=tensors)
+    if options is None:
+        raise FormatError(
+            f"{name}: network type '{network}' does not recognise its tensors ({', '.join(sorted(tensors))})"
+        )
+    dim = int(options["dim"])
+    alpha = options.get("alpha")
+    return dim, float(alpha) if alpha else float(dim)
+
+
+def module_delta(
+    network: str, tensors: Mapping[str, torch.Tensor], shape: torch.Size, name: str = "module"
+) -> torch.Tensor:
+    """The ``delta_weight`` hook in float32 (multiplier 1, the type's own scale included)."""
+    try:
+        delta = get_registry().hook.delta_weight(network=network, tensors=tensors, weight_shape=shape)
+    except KeyError as missing:
+        raise FormatError(f"{name}: lacks the tensor {missing} that type '{network}' needs") from None
+    if delta is None:
+        raise UnknownNetworkError(f"network type '{network}': no installed plugin computes its delta_weight")
+    return delta.float()
+
+
+def extract_module(network: str, delta: torch.Tensor, rank: int, options: Mapping[str, Any]) -> ModuleTensors:
+    """The ``extract`` hook: module tensors of type ``network`` approximating ``delta`` at ``rank``."""
+    tensors = get_registry().hook.extract(network=network, delta=delta, rank=rank, options=options)
+    if tensors is None:
+        raise UnknownNetworkError(f"network type '{network}': no installed plugin extracts modules from a delta")
+    return dict(tensors)
+
+
+def layer_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight of a Linear/Conv2d layer (typed: ``nn.Module`` attributes are not)."""
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def is_conv3x3(shape: Sequence[int]) -> bool:
+    """A conv weight with a kernel larger than 1x1 (C3Lier's conv_dim/conv_alpha apply)."""
+    return len(shape) == 4 and tuple(shape[2:]) != (1, 1)
+
+
+# -- layer shapes -------------------------------------------------------------------------
+def model_layer_shapes(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[str, torch.Size]:
+    """Weight shape of every candidate layer of a model, by kohya name (3x3 convs included)."""
+    return {t.name: layer_weight(t.layer).shape for t in all_targets(unet, text_encoder, include_conv_blocks=True)}
+
+
+@functools.cache
+def bundled_layer_shapes(name: str) -> dict[str, torch.Size]:
+    """Layer shapes of a bundled architecture (``sd_v1``, ``sd_v2``, ``tiny``), built on "meta"."""
+    from adapters_core import models  # imports diffusers: only when a shape is needed
+
+    if name == "tiny":
+        tiny = models.build_tiny_model()
+        return model_layer_shapes(tiny.unet, tiny.text_encoder)
+    if name == "sd_v2":
+        return model_layer_shapes(models.build_sd2_unet(), models.build_sd2_text_encoder())
+    return model_layer_shapes(models.build_sd15_unet(), models.build_sd15_text_encoder())
+
+
+def _given(table: ShapeTable) -> ShapeTable:
+    return table
+
+
+class LayerShapes:
+    """Finds the weight shape of the layer a module adapts, without knowing the type.
+
+    Factor-based modules tell it from their factors. Otherwise the candidates are the
+    given tables (a loaded model), then the bundled SD 1.x, SD 2.x and tiny architectures
+    (the one the file's metadata names first); the first shape the type's ``delta_weight``
+    accepts wins.
+    """
+
+    def __init__(self, tables: Sequence[ShapeTable] = (), *, v2: bool = False) -> None:
+        bundled = ("sd_v2", "sd_v1", "tiny") if v2 else ("sd_v1", "sd_v2", "tiny")
+        self._tables: list[Callable[[], ShapeTable]] = [functools.partial(_given, table) for table in tables]
+        self._tables += [functools.partial(bundled_layer_shapes, name) for name in bundled]
+
+    def delta(self, network: str, name: str, tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Size]:
+        """``(delta, weight shape)`` of one module."""
+        factors = factors_of(network, tensors, name)
+        if factors is not None:
+            return module_delta(network, tensors, factors.weight_shape, name), factors.weight_shape
+        for table in self._tables:
+            shape = table().get(name)
+            if shape is None:
+                continue
+            try:
+                delta = module_delta(network, tensors, shape, name)
+            except (RuntimeError, ValueError, ShapeMismatchError):
+                continue
+            if delta.shape == shape:
+                return delta, shape
+        raise ShapeMismatchError(
+            f"{name}: cannot tell the weight shape of its layer (no SD 1.x/2.x or tiny-model layer of that "
+            f"name fits the tensors of type '{network}')"
+        )
+
+
+# -- progress -----------------------------------------------------------------------------
+def progress(items: Iterable[T], description: str, total: int | None = None, unit: str = "module") -> Iterator[T]:
+    """A tqdm bar (rate and ETA) on stderr."""
+    return iter(tqdm(items, desc=description, total=total, unit=unit, dynamic_ncols=True, mininterval=0.5))
+
+
+def progress_bar(total: int, description: str, unit: str = "module") -> tqdm:
+    """A tqdm bar to advance by hand (``with progress_bar(n, "...") as bar: bar.update()``)."""
+    return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, mininterval=0.5)

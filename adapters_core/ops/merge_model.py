@@ -1,0 +1,287 @@
+"""``adapt merge --sd_model``: fold adapters into a checkpoint (kohya-format.md §6).
+
+Every adapted weight becomes ``merge_weights(W, module, ratio)`` of each adapter in turn
+(``W + ratio * delta`` for additive types), in ``precision``, then ``save_precision``.
+
+A single-file checkpoint written as a single file is streamed tensor by tensor: each LDM
+key is mapped to the kohya module(s) it holds (SD2's fused ``in_proj`` holds q, k and v),
+merged and written, so memory holds about one tensor, not the model. Diffusers folders,
+and conversions between the layouts, load the model once and merge in place.
+Every module is checked against its layer's shape (a dry run on the "meta" device) before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from adapters_core.atomic import atomic_path, check_writable
+from adapters_core.errors import FormatError, ModelLoadError, ShapeMismatchError, UnknownNetworkError
+from adapters_core.formats import precision_dtype
+from adapters_core.metadata import modelspec_metadata
+from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progress_bar, read_adapters, resolve_ratios
+from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, open_checkpoint
+from adapters_core.plugins import get_registry
+from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, all_targets, kohya_name, text_encoder_module_path
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+_MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping names
+
+
+def merge_module(adapter: Adapter, name: str, weight: torch.Tensor, ratio: float) -> torch.Tensor:
+    """One module merged into ``weight`` through the type's ``merge_weights`` hook."""
+    try:
+        merged = get_registry().hook.merge_weights(
+            network=adapter.network, tensors=adapter.modules[name], weight=weight, ratio=ratio
+        )
+    except KeyError as missing:
+        raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
+    if merged is None:
+        raise UnknownNetworkError(f"network type '{adapter.network}': no installed plugin merges its modules")
+    if not torch.isfinite(merged.sum(dtype=torch.float32)):  # NaN/inf reach the sum: one pass, no mask
+        raise ShapeMismatchError(f"{adapter.path}: {name}: merging gives non-finite weights; nothing was written")
+    return merged
+
+
+def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> None:
+    """Refuse a module that does not fit its layer, computing nothing (tensors on "meta").
+
+    A type whose hook cannot run on "meta" is checked once for real before it is blamed.
+    """
+    hook = get_registry().hook.merge_weights
+    tensors = adapter.modules[name]
+    on_meta = {k: v if v.dim() == 0 else v.to("meta") for k, v in tensors.items()}
+    try:
+        hook(network=adapter.network, tensors=on_meta, weight=torch.empty(shape, device="meta"), ratio=1.0)
+        return
+    except Exception:  # noqa: BLE001 - any failure is confirmed below with real tensors
+        pass
+    try:
+        hook(network=adapter.network, tensors=tensors, weight=torch.zeros(shape), ratio=1.0)
+    except KeyError as missing:
+        raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
+    except (RuntimeError, ValueError, ShapeMismatchError) as error:
+        detail = " ".join(str(error).split())[:160]
+        raise ShapeMismatchError(
+            f"{adapter.path}: {name} does not fit the layer of shape {tuple(shape)} in {source} "
+            f"(an adapter for another base model?): {detail}"
+        ) from None
+
+
+def check_coverage(adapters: Sequence[Adapter], layers: Mapping[str, torch.Size], source: Path) -> None:
+    """Every adapter must reach the model; modules without a layer are skipped with a warning."""
+    for adapter in adapters:
+        missing = [name for name in adapter.modules if name not in layers]
+        if len(missing) == len(adapter.modules):
+            raise ShapeMismatchError(
+                f"{adapter.path}: none of its {len(missing)} modules names a layer of {source}; "
+                "is it an adapter for another kind of model?"
+            )
+        if missing:
+            log.warning(
+                "%s: %d modules match no layer of %s and are skipped: %s",
+                adapter.path,
+                len(missing),
+                source,
+                ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""),
+            )
+        for name in adapter.modules:
+            if name in layers:
+                check_fits(adapter, name, layers[name], source)
+
+
+def ldm_module_names(reader: CheckpointReader, unet_config: Mapping[str, object], v2: bool) -> dict[str, list[str]]:
+    """LDM weight key -> the kohya module names it holds, in order along dim 0 (q, k, v for SD2's
+    fused ``in_proj_weight``). Keys of no adaptable layer are absent."""
+    from adapters_core.models.ldm_layout import (
+        TE_V1_PREFIX,
+        TE_V2_PREFIX,
+        UNetLayout,
+        text_encoder_from_ldm,
+    )
+    from adapters_core.models.ldm_layout import UNET_PREFIX as LDM_UNET
+
+    key_map = UNetLayout.from_config(unet_config).key_map()
+    names: dict[str, list[str]] = {}
+    for key in reader:
+        if key.startswith(LDM_UNET):
+            path = key_map.from_ldm(key[len(LDM_UNET) :])
+            if path and path.endswith(".weight"):
+                names[key] = [kohya_name(UNET_PREFIX, path[: -len(".weight")])]
+        elif key.startswith((TE_V1_PREFIX, TE_V2_PREFIX)):
+            try:
+                paths = text_encoder_from_ldm(
+                    {key: torch.empty(reader.shape(key), device="meta")}, v2=v2, num_layers=_MANY_LAYERS
+                )
+            except FormatError:
+                continue
+            found = [
+                kohya_name(TEXT_ENCODER_PREFIX, text_encoder_module_path(p[: -len(".weight")]))
+                for p in paths
+                if p.endswith(".weight")
+            ]
+            if found:
+                names[key] = found
+    return names
+
+
+def merge_into_model(
+    sd_model: str | os.PathLike[str],
+    models: Sequence[str | os.PathLike[str]],
+    ratios: Sequence[float] | None = None,
+    *,
+    save_to: str | os.PathLike[str],
+    precision: str = "float",
+    save_precision: str | None = None,
+    v2: bool | None = None,
+    v_parameterization: bool | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Merge adapter files into the checkpoint ``sd_model`` and write ``save_to``.
+
+    ``save_to`` ending in ``.safetensors``/``.ckpt`` is a single file in the original (LDM)
+    layout, anything else a Diffusers folder. Returns the path written.
+    """
+    check_writable(save_to, overwrite)
+    merge_dtype = precision_dtype(precision, "--precision") or torch.float32
+    save_dtype = precision_dtype(save_precision) or merge_dtype
+    adapters = read_adapters(models)
+    ratios = resolve_ratios(len(adapters), ratios)
+    source, target = Path(sd_model), Path(save_to)
+    if not source.exists():
+        raise ModelLoadError(f"{source}: no such file or folder; expected a checkpoint or a Diffusers model folder")
+    titles = [source.stem] + [a.title for a in adapters]
+    if source.is_file() and target.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return _merge_streaming(
+            source, target, adapters, ratios, merge_dtype, save_dtype, v2, bool(v_parameterization), titles, overwrite
+        )
+    return _merge_loaded(
+        source, target, adapters, ratios, merge_dtype, save_dtype, v2, v_parameterization, titles, overwrite
+    )
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Compute with ``count`` threads (at least 1): the writer thread gets a core of its own."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _cast(tensor: torch.Tensor, merge_dtype: torch.dtype, save_dtype: torch.dtype) -> torch.Tensor:
+    """An unmerged tensor in the save dtype, rounded through the merge dtype when that is narrower."""
+    if not tensor.is_floating_point():
+        return tensor
+    if merge_dtype != torch.float32 and tensor.dtype != merge_dtype:
+        tensor = tensor.to(merge_dtype)
+    return tensor.to(save_dtype)
+
+
+def _merge_streaming(
+    source: Path,
+    target: Path,
+    adapters: Sequence[Adapter],
+    ratios: Sequence[float],
+    merge_dtype: torch.dtype,
+    save_dtype: torch.dtype,
+    v2: bool | None,
+    v_parameterization: bool,
+    titles: list[str],
+    overwrite: bool,
+) -> Path:
+    from adapters_core.models.bundled import load_config
+    from adapters_core.models.loader import detect_architecture
+
+    reader = open_checkpoint(source)
+    try:
+        architecture = detect_architecture(reader, source)
+        is_v2 = architecture == "sd_v2"
+        if v2 is not None and v2 != is_v2:
+            raise ModelLoadError(
+                f"{source}: --v2 {v2} was given but this is an SD {'2' if is_v2 else '1'}.x checkpoint"
+            )
+        names = ldm_module_names(reader, load_config(architecture, "unet"), is_v2)
+        wanted = {name for adapter in adapters for name in adapter.modules}
+        layers: dict[str, torch.Size] = {}
+        for key, held in names.items():
+            shape = reader.shape(key)
+            for name in held:
+                layers[name] = torch.Size((shape[0] // len(held), *shape[1:]))
+        check_coverage(adapters, layers, source)
+        metadata = modelspec_metadata(
+            v2=is_v2, v_parameterization=v_parameterization, title=target.stem, kind="", merged_from=titles
+        )
+
+        def merged(key: str) -> torch.Tensor:
+            held = names.get(key, [])
+            if not any(name in wanted for name in held):
+                return _cast(reader[key], merge_dtype, save_dtype)
+            parts = list(reader[key].to(merge_dtype).chunk(len(held), dim=0))
+            for i, name in enumerate(held):
+                for adapter, ratio in zip(adapters, ratios, strict=True):
+                    if name in adapter.modules:
+                        parts[i] = merge_module(adapter, name, parts[i], ratio)
+            return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
+
+        keys = list(reader)
+        with atomic_path(target, overwrite) as tmp, _threads(torch.get_num_threads() - 1):
+            if target.suffix.lower() == ".safetensors":
+                specs = [
+                    (k, save_dtype if reader.dtype(k).is_floating_point else reader.dtype(k), reader.shape(k))
+                    for k in keys
+                ]
+                with SafetensorsWriter(tmp, specs, metadata, after_write=reader.release) as writer:
+                    for key in progress(keys, "merging", unit="tensor"):
+                        writer.write(key, merged(key))
+            else:
+                torch.save({"state_dict": {key: merged(key) for key in progress(keys, "merging", unit="tensor")}}, tmp)
+    finally:
+        reader.close()
+    return target
+
+
+def _merge_loaded(
+    source: Path,
+    target: Path,
+    adapters: Sequence[Adapter],
+    ratios: Sequence[float],
+    merge_dtype: torch.dtype,
+    save_dtype: torch.dtype,
+    v2: bool | None,
+    v_parameterization: bool | None,
+    titles: list[str],
+    overwrite: bool,
+) -> Path:
+    from adapters_core.models import load_sd_model, save_diffusers, save_single_file
+
+    model = load_sd_model(source, v2=v2, v_parameterization=v_parameterization, dtype=merge_dtype, need_tokenizer=False)
+    targets = {t.name: t.layer for t in all_targets(model.unet, model.text_encoder, include_conv_blocks=True)}
+    check_coverage(adapters, {name: layer_weight(layer).shape for name, layer in targets.items()}, source)
+    jobs = [(a, r, name) for a, r in zip(adapters, ratios, strict=True) for name in a.modules if name in targets]
+    with torch.no_grad(), progress_bar(len(jobs), "merging") as bar:
+        for adapter, ratio, name in jobs:
+            weight = layer_weight(targets[name])
+            weight.copy_(merge_module(adapter, name, weight, ratio))
+            bar.update()
+    if target.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        metadata = modelspec_metadata(
+            v2=model.v2, v_parameterization=model.v_parameterization, title=target.stem, kind="", merged_from=titles
+        )
+        template = source if source.is_file() else None
+        return save_single_file(
+            model, target, dtype=save_dtype, template=template, overwrite=overwrite, metadata=metadata
+        )
+    for module in (model.unet, model.text_encoder, model.vae):
+        if module.dtype != save_dtype:
+            module.to(save_dtype)
+    if model.tokenizer is None:
+        log.warning("%s: no tokenizer found for %s; the Diffusers folder is written without one", target, source)
+    return save_diffusers(model, target, overwrite=overwrite)

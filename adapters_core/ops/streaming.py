@@ -1,0 +1,238 @@
+"""Whole-model checkpoints one tensor at a time, so a merge holds one model, not two.
+
+:class:`SafetensorsReader` maps the file copy-on-write and hands out tensors that view the
+page cache (no copy); :meth:`CheckpointReader.release` drops a tensor's pages from the
+process once it is written, so resident memory holds the tensors in flight, not the file.
+:class:`SafetensorsWriter` declares every tensor's dtype and shape in the header first,
+then streams the bytes in that order. Pickled checkpoints are memory-mapped by
+``torch.load(mmap=True)`` where their format allows.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import queue
+import struct
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+import torch
+
+from adapters_core.errors import FormatError, ModelLoadError
+from adapters_core.formats import read_safetensors_header
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+TensorSpec = tuple[str, torch.dtype, torch.Size]
+
+
+class CheckpointReader(Mapping[str, torch.Tensor]):
+    """A checkpoint's tensors, read on access; ``shape``/``dtype`` without reading."""
+
+    metadata: dict[str, str]
+
+    def shape(self, key: str) -> torch.Size:
+        raise NotImplementedError
+
+    def dtype(self, key: str) -> torch.dtype:
+        raise NotImplementedError
+
+    def release(self, key: str) -> None:
+        """Drop the memory behind ``key``'s tensor (it is read again if used again)."""
+
+    def close(self) -> None:
+        """Release the file."""
+
+
+class SafetensorsReader(CheckpointReader):
+    def __init__(self, path: Path) -> None:
+        header = read_safetensors_header(path)
+        meta = header.pop("__metadata__", {})
+        self.metadata = dict(meta) if isinstance(meta, dict) else {}
+        self.path = path
+        self._entries: dict[str, dict[str, object]] = {}
+        for key, entry in header.items():
+            if not isinstance(entry, dict) or entry.get("dtype") not in SAFETENSORS_DTYPES:
+                raise FormatError(f"{path}: tensor {key} has an unsupported safetensors entry {entry}")
+            self._entries[key] = entry
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            self._data_start = 8 + length
+            # copy-on-write: torch gets a writable buffer, the file is never modified
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if path.stat().st_size else None
+
+    def _span(self, key: str) -> tuple[int, int]:
+        offsets = self._entries[key]["data_offsets"]
+        assert isinstance(offsets, list)
+        start, stop = self._data_start + int(offsets[0]), self._data_start + int(offsets[1])
+        if self._map is None or stop > len(self._map):
+            raise FormatError(f"{self.path}: truncated file (tensor {key} ends past the end)")
+        return start, stop
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        start, stop = self._span(key)
+        if stop == start:
+            return torch.empty(self.shape(key), dtype=self.dtype(key))
+        data = torch.frombuffer(self._map, dtype=torch.uint8, count=stop - start, offset=start)  # type: ignore[arg-type]
+        return data.view(self.dtype(key)).reshape(self.shape(key))
+
+    def release(self, key: str) -> None:
+        start, stop = self._span(key)
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # only whole pages inside the tensor
+        last = stop // mmap.PAGESIZE * mmap.PAGESIZE
+        if self._map is not None and last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def shape(self, key: str) -> torch.Size:
+        return torch.Size(self._entries[key]["shape"])  # type: ignore[arg-type]
+
+    def dtype(self, key: str) -> torch.dtype:
+        return SAFETENSORS_DTYPES[str(self._entries[key]["dtype"])]
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a tensor still views the map: the GC closes it with the last one
+                pass
+
+
+class TensorDictReader(CheckpointReader):
+    """A pickled checkpoint (memory-mapped when possible) behind the reader interface."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._tensors = tensors
+        self.metadata = {}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def shape(self, key: str) -> torch.Size:
+        return self._tensors[key].shape
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._tensors[key].dtype
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> CheckpointReader:
+    """A lazy reader of a ``.safetensors`` or pickled (``.ckpt``/``.pt``/``.pth``) checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.suffix.lower() == ".safetensors":
+        return SafetensorsReader(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) pickle cannot be memory-mapped
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise FormatError(f"{path}: cannot be loaded with torch.load(weights_only=True) ({error})") from None
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict):
+        raise FormatError(f"{path}: holds a {type(payload).__name__}; expected a dict of tensors")
+    return TensorDictReader({str(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)})
+
+
+class SafetensorsWriter:
+    """Write a safetensors file tensor by tensor, in the order of ``specs``.
+
+    The bytes go out on a background thread (file writes release the GIL), so the caller
+    computes the next tensor while the previous one is written; at most ``queue_size``
+    tensors wait. ``after_write(key)`` runs on that thread once a tensor is written.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        specs: Sequence[TensorSpec],
+        metadata: Mapping[str, str] | None = None,
+        *,
+        after_write: Callable[[str], None] | None = None,
+        queue_size: int = 2,
+    ) -> None:
+        header: dict[str, object] = {"__metadata__": {k: str(v) for k, v in (metadata or {}).items()}}
+        offset = 0
+        for key, dtype, shape in specs:
+            size = shape.numel() * torch.empty((), dtype=dtype).element_size()
+            header[key] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        self._specs = list(specs)
+        self._next = 0
+        self._after_write = after_write
+        self._handle: BinaryIO = path.open("wb")
+        self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        self._pending: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="safetensors-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._pending.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking items so that write() never blocks
+            key, tensor = item
+            try:
+                data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                self._handle.write(data.data)
+                if self._after_write is not None:
+                    self._after_write(key)
+            except BaseException as error:  # noqa: BLE001 - re-raised on the caller's thread
+                self._error = error
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        if self._error is not None:
+            raise self._error
+        expected_key, dtype, shape = self._specs[self._next]
+        if key != expected_key or tensor.dtype != dtype or tensor.shape != shape:
+            raise ValueError(
+                f"{key} {tensor.dtype} {tuple(tensor.shape)}: expected {expected_key} {dtype} {tuple(shape)}"
+            )
+        self._pending.put((key, tensor))
+        self._next += 1
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._pending.put(None)
+        self._thread.join()
+        self._handle.close()
+        if kind is None and self._error is not None:
+            raise self._error
+        if kind is None and self._next != len(self._specs):
+            raise ValueError(f"only {self._next} of {len(self._specs)} tensors were written")

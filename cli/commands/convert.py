@@ -1,0 +1,50 @@
+"""``adapt convert``: LoRA files between kohya, diffusers and PEFT formats, math unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from adapt_cli.options import kohya_option, overwrite_option
+from adapters_core.convert import FORMATS, convert_lora
+from adapters_core.formats import precision_dtype
+
+
+@click.command("convert")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Choice(FORMATS), required=True, help="Output format.")
+@click.option(
+    "--from", "source_format", type=click.Choice(("auto", *FORMATS)), default="auto", show_default=True,
+    help="Input format (auto: from the keys, or a folder's files).",
+)
+@click.option(
+    "--model", default=None,
+    help="Base model (Diffusers folder, checkpoint, or sd_v1/sd_v2/sd_v2_v/tiny): check every module "
+    "against its layers and shape the weights for them (needed for SD 2.x files with 4-D proj weights).",
+)
+@kohya_option("--save_precision", type=click.Choice(("float", "fp16", "bf16")), default=None,
+              help="Cast the tensors (default: keep the input's dtype).")
+@overwrite_option()
+def convert(
+    source: Path, output: Path, to: str, source_format: str, model: str | None, save_precision: str | None,
+    overwrite: bool,
+) -> None:
+    """Convert the LoRA SOURCE to OUTPUT in another format.
+
+    \b
+    kohya      OUTPUT.safetensors with lora_unet_*/lora_te_* keys (A1111, ComfyUI, sd-scripts)
+    diffusers  OUTPUT.safetensors (or a folder) as save_lora_weights writes it; alpha/rank is
+               folded into lora_B because the format has no alpha
+    peft       OUTPUT folder with unet/ and text_encoder/ PEFT adapters (adapter_config.json with
+               per-module rank_pattern/alpha_pattern, adapter_model.safetensors)
+
+    A kohya output whose Linear/1x1 modules differ in alpha gets alpha/rank folded into lora_up
+    (alpha = rank), because diffusers would apply the wrong scale to it otherwise.
+    """
+    result = convert_lora(
+        source, output, to, source_format=source_format, model=model,
+        dtype=precision_dtype(save_precision), overwrite=overwrite,
+    )
+    click.echo(f"{result.output}: {result.modules} modules ({result.source_format} -> {to})")

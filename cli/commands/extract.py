@@ -1,0 +1,124 @@
+"""``adapt extract``: an adapter from two checkpoints, or lower ranks from a DyLoRA file.
+
+* ``--model_org A --model_tuned B --save_to out.safetensors``: kohya's
+  ``networks/extract_lora_from_models.py`` (flags also with dashes), for any adapter type
+  (``--network``), with a randomized SVD by default (``--svd exact`` for the full one).
+* ``--from_dylora FILE --unit U --save_to out.safetensors``: kohya's
+  ``networks/extract_lora_from_dylora.py``; writes ``out-0004.safetensors`` ... for ranks
+  U, 2U, ... below the file's rank.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from adapt_cli.options import PRECISIONS, kohya_option, overwrite_option
+
+from adapters_core.errors import ConfigError
+from adapters_core.linalg import SVD_METHODS
+from adapters_core.ops.dylora_split import split_dylora
+from adapters_core.ops.extract import DEFAULT_SVD, extract_from_models
+
+
+@click.command("extract")
+@kohya_option(
+    "--model_org",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Original checkpoint (single file or Diffusers folder).",
+)
+@kohya_option(
+    "--model_tuned",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Fine-tuned checkpoint of the same architecture.",
+)
+@kohya_option("--save_to", required=True, type=click.Path(path_type=Path), help="Output adapter file.")
+@kohya_option("--dim", type=int, default=4, show_default=True, help="Rank of Linear/1x1 modules.")
+@kohya_option("--conv_dim", type=int, default=None, help="Rank of 3x3 conv modules (C3Lier); none when not given.")
+@kohya_option("--network", default="lora", show_default=True, help="Adapter type to extract (any installed type).")
+@kohya_option("--v2", is_flag=True, default=None, help="The checkpoints are SD 2.x (detected when not given).")
+@kohya_option("--v_parameterization", is_flag=True, default=None, help="The checkpoints are v-prediction models.")
+@kohya_option(
+    "--svd",
+    type=click.Choice(SVD_METHODS),
+    default=DEFAULT_SVD,
+    show_default=True,
+    help="randomized: within 1% of the exact truncation, many times faster; exact: full SVD.",
+)
+@kohya_option(
+    "--clamp_quantile",
+    type=float,
+    default=0.99,
+    show_default=True,
+    help="Clamp the factors to this quantile of their absolute values (1 = off).",
+)
+@kohya_option(
+    "--min_diff",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="The text encoder is extracted only if some weight moved by more than this.",
+)
+@kohya_option("--device", default="cpu", show_default=True, help="Device for the decompositions.")
+@kohya_option("--load_precision", type=PRECISIONS, default=None, help="Precision to load the checkpoints in.")
+@kohya_option("--save_precision", type=PRECISIONS, default=None, help="Precision of the output.")
+@kohya_option(
+    "--from_dylora",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Split this DyLoRA file into ranks --unit, 2*--unit, ... instead.",
+)
+@kohya_option("--unit", type=int, default=None, help="Rank step of --from_dylora.")
+@overwrite_option()
+def extract(
+    model_org: Path | None,
+    model_tuned: Path | None,
+    save_to: Path,
+    dim: int,
+    conv_dim: int | None,
+    network: str,
+    v2: bool | None,
+    v_parameterization: bool | None,
+    svd: str,
+    clamp_quantile: float,
+    min_diff: float,
+    device: str,
+    load_precision: str | None,
+    save_precision: str | None,
+    from_dylora: Path | None,
+    unit: int | None,
+    overwrite: bool,
+) -> None:
+    """Extract an adapter: the best rank --dim fit of model_tuned - model_org, layer by layer."""
+    if from_dylora is not None:
+        if model_org is not None or model_tuned is not None:
+            raise ConfigError("--from_dylora: give either --from_dylora or --model_org/--model_tuned, not both")
+        if unit is None:
+            raise ConfigError("--from_dylora needs --unit (the rank step, e.g. the unit the DyLoRA was trained with)")
+        paths = split_dylora(
+            from_dylora, unit=unit, save_to=save_to, save_precision=save_precision, overwrite=overwrite
+        )
+        click.echo(f"wrote {len(paths)} adapters: {', '.join(p.name for p in paths)}")
+        return
+    if model_org is None or model_tuned is None:
+        raise ConfigError("--model_org and --model_tuned are both required (or --from_dylora FILE --unit U)")
+    path, extraction = extract_from_models(
+        model_org,
+        model_tuned,
+        save_to=save_to,
+        dim=dim,
+        conv_dim=conv_dim,
+        network=network,
+        v2=v2,
+        v_parameterization=v_parameterization,
+        svd=svd,
+        clamp_quantile=clamp_quantile,
+        min_diff=min_diff,
+        device=device,
+        load_precision=load_precision,
+        save_precision=save_precision,
+        overwrite=overwrite,
+    )
+    click.echo(f"{path}: extracted {len(extraction.modules)} modules")

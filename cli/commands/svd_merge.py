@@ -1,0 +1,75 @@
+"""``adapt svd-merge``: adapters of any ranks into one adapter of a chosen rank.
+
+kohya's ``networks/svd_merge_lora.py`` flags (also with dashes); ``--models`` and
+``--ratios`` take several values after one flag. The SVD of the summed deltas is computed
+from the adapters' factors, exactly (no full matrix) where the types are factor-based.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from adapt_cli.options import PRECISIONS, MultiValueCommand
+from adapt_cli.options import kohya_option, overwrite_option
+
+from adapters_core.ops.svd_merge import svd_merge as svd_merge_files
+
+
+@click.command("svd-merge", cls=MultiValueCommand, multi_value=("models", "ratios"))
+@kohya_option(
+    "--models",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Adapter files (one or more after the flag); ranks and module sets may differ.",
+)
+@kohya_option("--ratios", multiple=True, type=float, help="One ratio per model (negative allowed); default 1 each.")
+@kohya_option("--save_to", required=True, type=click.Path(path_type=Path), help="Output adapter file.")
+@kohya_option("--new_rank", type=int, default=4, show_default=True, help="Rank of the merged Linear/1x1 modules.")
+@kohya_option("--new_conv_rank", type=int, default=None, help="Rank of merged 3x3 conv modules (default: --new_rank).")
+@kohya_option("--device", default="cpu", show_default=True, help="Device for the decompositions (cpu, cuda, ...).")
+@kohya_option(
+    "--precision",
+    type=PRECISIONS,
+    default="float",
+    show_default=True,
+    help="Accepted for kohya compatibility: the decompositions always run in float32.",
+)
+@kohya_option("--save_precision", type=PRECISIONS, default=None, help="Precision of the output (default: --precision).")
+@kohya_option(
+    "--clamp_quantile",
+    type=float,
+    default=None,
+    help="Clamp the factors to this quantile of their absolute values (kohya uses 0.99); off by default.",
+)
+@overwrite_option()
+def svd_merge(
+    models: tuple[Path, ...],
+    ratios: tuple[float, ...],
+    save_to: Path,
+    new_rank: int,
+    new_conv_rank: int | None,
+    device: str,
+    precision: str,
+    save_precision: str | None,
+    clamp_quantile: float | None,
+    overwrite: bool,
+) -> None:
+    """Merge adapters into one of rank --new_rank: the best rank-k fit of sum(ratio * delta).
+
+    Exact when --new_rank is at least the sum of the input ranks. Output alpha = rank.
+    """
+    path = svd_merge_files(
+        list(models),
+        list(ratios),
+        save_to=save_to,
+        new_rank=new_rank,
+        new_conv_rank=new_conv_rank,
+        device=device,
+        precision=precision,
+        save_precision=save_precision,
+        clamp_quantile=clamp_quantile,
+        overwrite=overwrite,
+    )
+    click.echo(f"{path}: svd-merged {len(models)} adapter(s) at rank {new_rank}")
