@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -63,12 +63,13 @@ class Network(nn.Module):
         registry: Registry | None = None,
     ) -> Network:
         """A fresh network of type ``network`` on the given models (pass ``None`` to skip one)."""
-        registry = registry or get_registry()
-        network_type = registry.get(network)
-        resolved = resolve_options(network_type, options or {})
-        plan = RankPlan.from_options(resolved)
-        targets = all_targets(unet, text_encoder, include_conv_blocks=plan.conv_enabled)
-        return cls._build(network_type, resolved, plan, targets, multiplier, registry)
+        return cls._build(
+            network,
+            options,
+            registry,
+            multiplier,
+            lambda plan: all_targets(unet, text_encoder, include_conv_blocks=plan.conv_enabled),
+        )
 
     @classmethod
     def create_for_targets(
@@ -81,26 +82,27 @@ class Network(nn.Module):
         registry: Registry | None = None,
     ) -> Network:
         """A fresh network on an explicit list of layers (the contract suite, custom models)."""
-        registry = registry or get_registry()
-        network_type = registry.get(network)
-        resolved = resolve_options(network_type, options or {})
-        return cls._build(network_type, resolved, RankPlan.from_options(resolved), targets, multiplier, registry)
+        return cls._build(network, options, registry, multiplier, lambda _plan: targets)
 
     @classmethod
     def _build(
         cls,
-        network_type: NetworkType,
-        options: dict[str, Any],
-        plan: RankPlan,
-        targets: Iterable[Target],
+        network: str,
+        options: Mapping[str, Any] | None,
+        registry: Registry | None,
         multiplier: float,
-        registry: Registry,
+        targets_for: Callable[[RankPlan], Iterable[Target]],
     ) -> Network:
-        self = cls(network_type, options, registry)
-        for target in targets:
+        """Resolve the options, then add a module to every target the rank plan gives a rank."""
+        registry = registry or get_registry()
+        network_type = registry.get(network)
+        resolved = resolve_options(network_type, options or {})
+        plan = RankPlan.from_options(resolved)
+        self = cls(network_type, resolved, registry)
+        for target in targets_for(plan):
             dim, alpha = plan.dim_alpha(target.block_index, target.layer_kind)
             if dim > 0:
-                self._add(target, {**options, "dim": dim, "alpha": alpha})
+                self._add(target, {**resolved, "dim": dim, "alpha": alpha})
         self.set_multiplier(multiplier)
         return self
 
