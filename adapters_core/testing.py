@@ -123,13 +123,20 @@ def identity_at_init(network: str, case: LayerCase, dtype: torch.dtype, registry
         raise AssertionError(f"{network}/{case.kind}/{dtype}: a fresh module changes the layer's output")
 
 
-def forward_matches_delta(network: str, case: LayerCase, dtype: torch.dtype, registry: Registry) -> None:
+def _applied_random_network(
+    network: str, case: LayerCase, dtype: torch.dtype, registry: Registry, multiplier: float
+) -> tuple[nn.Module, torch.Tensor, Network]:
+    """A layer, an input and a network with random weights applied to it at ``multiplier``."""
     layer = _layer(case, dtype)
-    x = _input(case, dtype)
     net = _network(network, case, layer, registry, dtype)
     _randomise(net)
     net.apply()
-    net.set_multiplier(0.7)
+    net.set_multiplier(multiplier)
+    return layer, _input(case, dtype), net
+
+
+def forward_matches_delta(network: str, case: LayerCase, dtype: torch.dtype, registry: Registry) -> None:
+    layer, x, net = _applied_random_network(network, case, dtype, registry, 0.7)
     (name, _), = net.adapter_modules()
     weight = layer.weight.float() + 0.7 * _delta(net, name, layer)
     expected = _functional(layer, weight, x)
@@ -155,12 +162,7 @@ def save_load_round_trip(network: str, case: LayerCase, dtype: torch.dtype, regi
 
 
 def merge_matches_forward(network: str, case: LayerCase, dtype: torch.dtype, registry: Registry) -> None:
-    layer = _layer(case, dtype)
-    x = _input(case, dtype)
-    net = _network(network, case, layer, registry, dtype)
-    _randomise(net)
-    net.apply()
-    net.set_multiplier(0.5)
+    layer, x, net = _applied_random_network(network, case, dtype, registry, 0.5)
     patched = layer(x)
     net.merge_to()
     if net.applied:
