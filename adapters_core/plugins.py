@@ -91,7 +91,10 @@ class Registry:
         """The type named ``name`` (or an alias, or a kohya module such as ``networks.lora``)."""
         found = self._owner(name)
         if found is None:
-            found = next((t for t in self.types.values() if t.kohya_module == name), None)
+            # Several types may write one kohya module (lora and c3lier both write networks.lora):
+            # the type named like the module's last part wins.
+            writers = [t for t in self.types.values() if t.kohya_module == name]
+            found = next((t for t in writers if t.name == name.rsplit(".", 1)[-1]), writers[0] if writers else None)
         if found is None:
             known = ", ".join(sorted(self.types)) or "none installed"
             raise UnknownNetworkError(f"unknown network type '{name}'; installed types: {known}")

@@ -19,6 +19,7 @@ def test_builtin_types_come_from_entry_points():
         assert registry.types[name].distribution == "adapt"
         assert registry.types[name].version == "0.1.0"
     assert registry.get("networks.dylora").name == "dylora"
+    assert registry.get("networks.lora").name == "lora"  # not c3lier, which writes the same module
     assert registry.get("lierla").name == "lora"
 
 
