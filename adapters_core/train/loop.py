@@ -259,9 +259,11 @@ class Trainer:
         loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
         micro = 0
         for position, batch in enumerate(loader, start=skip):
-            seed_step(args.seed or 0, step, micro, acc.process_index)
+            seed_step(args.seed or 0, step, micro, 0)
+            network.on_train_step(step)  # e.g. DyLoRA's rank units: the same on every process
+            if acc.num_processes > 1:
+                seed_step(args.seed or 0, step, micro, 1 + acc.process_index)  # each process its own noise
             self.sync.step.value = step
-            network.on_train_step(step)
             multiplier = float(batch["network_multipliers"][0])
             if multiplier != network.multiplier:
                 network.set_multiplier(multiplier)

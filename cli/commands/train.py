@@ -7,6 +7,9 @@ values after one flag (``--network_args conv_dim=4 conv_alpha=1``) or the flag r
 Ctrl-C finishes the current step, saves ``<name>-interrupted.<ext>`` (``last-interrupted``
 without ``--output_name``) and a resumable ``<name>-stepNNNNNNNN-state`` folder, and exits with
 status 130; a second Ctrl-C aborts at once.
+
+Several GPUs: ``accelerate launch -m adapt_cli.main train <flags>`` (only the main process writes
+files; each process draws its own noise, DyLoRA's rank units are shared).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import Workspace, base_args, run_adapt, workspace_fixture  # noqa: F401
+from train_fixtures import Workspace, base_args, run_adapt, one_thread_fixture, workspace_fixture  # noqa: F401
 
 from adapters_core.formats import load_adapter, load_metadata
 
@@ -38,6 +38,8 @@ def test_types_write_plain_lora_keys(
     tensors = trained(workspace, tmp_path, "--network", network, "--network_dim", "4", *extra)
     names = modules(tensors)
     assert any("resnets_0_conv1" in n for n in names) == conv
+    # tiny model: 12 text-encoder modules, 72 U-Net LierLa modules, 45 more 3x3/ResNet ones for C3Lier
+    assert len(names) == (12 + 117 if conv else 12 + 72)
     assert len(tensors) == 3 * len(names)
     down = next(v for k, v in tensors.items() if "resnets_0_conv1.lora_down" in k) if conv else None
     if down is not None:

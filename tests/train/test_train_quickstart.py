@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from train_fixtures import run_adapt
+from train_fixtures import one_thread_fixture, run_adapt  # noqa: F401
 
 from adapters_core.models import load_sd_model
 from adapters_core.network import Network

@@ -1,7 +1,8 @@
 """Shared helpers of the ``adapt train`` tests: a tiny workspace and a way to run the CLI.
 
-Imported by the test modules (``from train_fixtures import ...``); the fixtures are
-session-scoped so the tiny model and demo images are written once.
+Imported by the test modules (``from train_fixtures import ...``, fixtures included, so that
+pytest sees them there); the workspace is session-scoped so the tiny model and demo images are
+written once.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import shutil  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from adapt_cli import main as cli_main  # noqa: E402
@@ -31,6 +34,16 @@ class Workspace:
     train_dir: Path  # folder with "<repeats>_<tokens>" subfolders: 4 images x 10 repeats
     reg_dir: Path  # 2 images x 1 repeat
     small_dir: Path  # the same 4 images x 1 repeat (epochs of few steps)
+
+
+@pytest.fixture(name="one_thread", autouse=True)
+def one_thread_fixture() -> Iterator[None]:
+    """One torch thread per test: the tiny model's operations gain little from a second thread,
+    and on a 2-core machine shared with another job two threads run 10-30x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session", name="workspace")
