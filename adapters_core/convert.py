@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from adapters_core.choices import LORA_FORMATS
 from adapters_core.convert_formats import detect_format, read_diffusers, read_peft, write_diffusers, write_peft
 from adapters_core.errors import ConfigError, FormatError
 from adapters_core.formats import load_adapter
@@ -24,7 +25,7 @@ from adapters_core.structure import ModelStructure, model_structure, naming_stru
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("kohya", "diffusers", "peft")
+FORMATS = LORA_FORMATS
 
 
 @dataclass(frozen=True)

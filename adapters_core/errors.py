@@ -47,8 +47,21 @@ class ConfigError(AdaptError):
     """A bad command-line value or config-file entry."""
 
 
-class OutputExistsError(AdaptError):
-    """An output path that exists while ``--overwrite`` was not given."""
+class OutputError(AdaptError):
+    """An output that cannot be written: a read-only folder, a file where a folder is needed."""
+
+
+class OutputExistsError(OutputError):
+    """An output path that exists while ``--overwrite`` was not given (or that another run
+    wrote while this one worked)."""
+
+
+class DiskFullError(OutputError):
+    """The file system ran out of space while an output was written (nothing is left behind)."""
+
+
+class NonFiniteError(FormatError):
+    """A tensor holding NaN or infinite values, in a file read or in a result about to be written."""
 
 
 class TrainingDivergedError(AdaptError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 from adapters_core.atomic import atomic_path
-from adapters_core.errors import FormatError
+from adapters_core.errors import FormatError, NonFiniteError
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -81,32 +82,80 @@ def _load_safetensors(path: Path) -> AdapterFile:
             metadata = dict(handle.metadata() or {})
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as exc:  # safetensors raises its own error types
-        raise FormatError(f"{path}: cannot read safetensors file: {exc}") from None
+        raise FormatError(f"{path}: cannot read safetensors file: {first_line(exc)}") from None
     return AdapterFile(path, tensors, metadata)
 
 
-def _load_pickle(path: Path) -> AdapterFile:
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def torch_load_weights(path: Path, *, mmap: bool = False) -> object:
+    """``torch.load(weights_only=True)`` with one-line errors: a pickle that holds anything but
+    tensors and plain containers is refused (it is never executed), a truncated or corrupt file
+    is named as such."""
     try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FormatError(f"{path}: cannot read as a PyTorch checkpoint (weights_only=True): {exc}") from None
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise FormatError(
+                f"{path}: cannot be loaded with torch.load(weights_only=True): refused, the pickle holds Python "
+                "objects besides tensors (adapt never runs code from a file); convert it to .safetensors with a "
+                "tool you trust"
+            ) from None
+        raise FormatError(f"{path}: not a readable PyTorch checkpoint ({first_line(error)})") from None
+    except RuntimeError as error:
+        if mmap:  # files from the legacy (non-zip) torch.save cannot be memory-mapped
+            return torch_load_weights(path, mmap=False)
+        raise FormatError(
+            f"{path}: not a complete PyTorch checkpoint (truncated or corrupt: {first_line(error)})"
+        ) from None
+    except (EOFError, ValueError, OSError, KeyError, AttributeError, ImportError, TypeError) as error:
+        raise FormatError(f"{path}: not a readable PyTorch checkpoint ({first_line(error)})") from None
+
+
+def _load_pickle(path: Path) -> AdapterFile:
+    payload = torch_load_weights(path)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise FormatError(f"{path}: expected a dict of tensors")
-    return AdapterFile(path, dict(payload), {})
+    return AdapterFile(path, {str(k): v for k, v in payload.items()}, {})
 
 
-def load_adapter(path: str | os.PathLike[str]) -> AdapterFile:
-    """Read an adapter file's tensors and metadata."""
+def check_adapter_tensors(file: AdapterFile) -> None:
+    """Refuse NaN/inf anywhere and an ``alpha`` that is not a single number, naming the module."""
+    for key, tensor in file.tensors.items():
+        module = key.rsplit(".", 2)[0] if key.count(".") >= 2 else key.partition(".")[0]
+        if key.endswith(".alpha") and tensor.numel() != 1:
+            raise FormatError(
+                f"{file.path}: {key} has shape {tuple(tensor.shape)}; an alpha must be a single number"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"{file.path}: module {module} ({key}) contains NaN or infinite values")
+
+
+def load_adapter(path: str | os.PathLike[str], *, check: bool = True) -> AdapterFile:
+    """Read an adapter file's tensors and metadata.
+
+    With ``check`` (the default) NaN/inf tensors and non-scalar alphas are refused, so no
+    command ever applies, merges or renders them.
+    """
     file = Path(path)
+    if file.is_dir():
+        raise FormatError(f"{file}: is a folder; expected an adapter file (.safetensors, .ckpt or .pt)")
     if not file.is_file():
         raise FormatError(f"{file}: no such file")
     if file.suffix.lower() == SAFETENSORS_SUFFIX:
-        return _load_safetensors(file)
-    if file.suffix.lower() in PICKLE_SUFFIXES:
-        return _load_pickle(file)
-    raise FormatError(f"{file}: unknown file type '{file.suffix}'; expected .safetensors, .ckpt or .pt")
+        loaded = _load_safetensors(file)
+    elif file.suffix.lower() in PICKLE_SUFFIXES:
+        loaded = _load_pickle(file)
+    else:
+        raise FormatError(f"{file}: unknown file type '{file.suffix}'; expected .safetensors, .ckpt or .pt")
+    if check:
+        check_adapter_tensors(loaded)
+    return loaded
 
 
 def load_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -143,7 +192,7 @@ def prepare_tensors(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | No
         value = tensor.detach().to("cpu")
         if value.is_floating_point():
             if not torch.isfinite(value).all():
-                raise FormatError(f"{key}: contains NaN or infinite values; refusing to write the file")
+                raise NonFiniteError(f"{key}: contains NaN or infinite values; refusing to write the file")
             if dtype is not None:
                 value = value.to(dtype)
         prepared[key] = value.contiguous()

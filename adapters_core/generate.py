@@ -10,9 +10,10 @@ the ``k``-th seed of the line's ``--d`` list (continued by +1 steps).
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from adapters_core.api import load_networks
-from adapters_core.errors import ConfigError
+from adapters_core.errors import ConfigError, NonFiniteError
 from adapters_core.generate_png import (
     NetworkInfo,
     a1111_parameters,
@@ -80,12 +81,35 @@ def image_seeds(job: PromptJob, count: int, base_seed: int) -> list[int]:
 def _check_job(job: PromptJob, defaults: Sequence[float], merged: bool) -> None:
     if job.width % 8 or job.height % 8 or job.width <= 0 or job.height <= 0:
         raise ConfigError(f"prompt {job.prompt!r}: size {job.width}x{job.height}: both sides must be positive multiples of 8")
+    if job.steps < 1:
+        raise ConfigError(f"prompt {job.prompt!r}: {job.steps} steps; expected at least 1")
+    if not math.isfinite(job.scale):
+        raise ConfigError(f"prompt {job.prompt!r}: guidance scale {job.scale}; expected a finite number")
+    if job.seeds is not None and not all(0 <= seed < 2**64 for seed in job.seeds):
+        raise ConfigError(f"prompt {job.prompt!r}: seeds {job.seeds}; expected whole numbers from 0 to 2**64-1")
+    if job.multipliers is not None and not all(math.isfinite(m) for m in job.multipliers):
+        raise ConfigError(f"prompt {job.prompt!r}: --am {job.multipliers}; expected finite numbers")
     if job.multipliers is None:
         return
     if len(job.multipliers) != len(defaults):
         raise ConfigError(f"prompt {job.prompt!r}: --am gives {len(job.multipliers)} multipliers for {len(defaults)} networks")
     if merged and tuple(job.multipliers) != tuple(defaults):
         raise ConfigError(f"prompt {job.prompt!r}: --am cannot change multipliers of merged networks (drop --merge)")
+
+
+def _stop_on_non_finite(job: PromptJob) -> Callable[..., dict[str, Any]]:
+    """A pipeline step callback that stops as soon as the latents hold NaN or infinity, so a
+    broken adapter or an fp16 overflow never becomes a black or noise image on disk."""
+
+    def check(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if not bool(torch.isfinite(tensors["latents"]).all()):
+            raise NonFiniteError(
+                f"prompt {job.prompt!r}: the latents became NaN or infinite at step {step + 1}; nothing was "
+                "written (an adapter with extreme weights or a multiplier too large, or fp16 overflow: try --dtype float)"
+            )
+        return tensors
+
+    return check
 
 
 def _set_multipliers(networks: Sequence[Network], multipliers: Sequence[float]) -> None:
@@ -131,6 +155,8 @@ def generate(
                     guidance_scale=job.scale,
                     generator=[torch.Generator("cpu").manual_seed(seed) for seed in batch],
                     output_type=output_type,
+                    callback_on_step_end=_stop_on_non_finite(job),
+                    callback_on_step_end_tensor_inputs=["latents"],
                 )
                 for image, seed in zip(result.images, batch):
                     yield GeneratedImage(image, job, seed, multipliers)
@@ -161,7 +187,6 @@ def generate_to_folder(
     pipe = to_pipeline(model, settings.sampler)
     networks = load_networks(pipe, network_weights, network_mul, merge=merge)
     folder = Path(outdir)
-    folder.mkdir(parents=True, exist_ok=True)
     model_name = Path(model_path).stem if Path(model_path).is_file() else Path(model_path).name
     model_hash = model_short_hash(model_path)
     hashes = [adapter_short_hash(path) for path in network_weights]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from adapters_core.errors import ConfigError
+from adapters_core.textfiles import read_text
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,7 @@ def parse_prompt_line(line: str, base: PromptJob, where: str = "prompt") -> Prom
 def read_prompts_file(path: str | os.PathLike[str], base: PromptJob) -> list[PromptJob]:
     """Every prompt of a prompts file (UTF-8), in order."""
     file = Path(path)
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"--from_file {file}: cannot read ({error})") from None
+    lines = read_text(file, f"--from_file {file}").splitlines()
     jobs = [
         parse_prompt_line(line, base, f"{file}:{number}")
         for number, line in enumerate(lines, start=1)

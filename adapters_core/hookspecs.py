@@ -19,10 +19,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
-import torch
-from torch import nn
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from adapters_core.network import Network
     from adapters_core.types import NetworkType
 

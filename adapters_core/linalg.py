@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-SVD_METHODS = ("exact", "randomized")
+from adapters_core.choices import SVD_METHODS
 
 
 def truncated_svd(

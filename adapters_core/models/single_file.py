@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,12 @@ from safetensors.torch import save_file
 
 from adapters_core.atomic import atomic_path
 from adapters_core.errors import FormatError, ModelLoadError
+from adapters_core.formats import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIX,
+    first_line,
+    torch_load_weights,
+)
 from adapters_core.models.components import SDModel
 from adapters_core.models.ldm_layout import (
     StateDict,
@@ -24,8 +29,7 @@ from adapters_core.models.ldm_layout import (
 )
 from adapters_core.models.pipeline import build_pipeline, scheduler_for_saving
 
-SAFETENSORS_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SAFETENSORS_SUFFIXES = (SAFETENSORS_SUFFIX,)
 PathLike = str | os.PathLike[str]
 ComponentStateDicts = Mapping[str, Mapping[str, torch.Tensor]]
 
@@ -50,26 +54,12 @@ def read_checkpoint(path: PathLike) -> tuple[StateDict, dict[str, str]]:
                 metadata = dict(handle.metadata() or {})
                 return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
         except (SafetensorError, OSError, ValueError) as error:
-            raise FormatError(f"{path}: not a readable safetensors file ({_first_line(error)})") from error
+            raise FormatError(f"{path}: not a readable safetensors file ({first_line(error)})") from error
     if suffix in PICKLE_SUFFIXES:
-        return _tensors_of(_torch_load(path, mmap=False), path), {}
+        return _tensors_of(torch_load_weights(path), path), {}
     raise FormatError(
         f"{path}: unknown checkpoint format {suffix!r}; expected .safetensors, .ckpt, .pt or .pth"
     )
-
-
-def _torch_load(path: Path, *, mmap: bool) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except RuntimeError as error:
-        if mmap:  # files from the legacy (non-zip) torch.save cannot be memory-mapped
-            return _torch_load(path, mmap=False)
-        raise FormatError(f"{path}: not a readable torch checkpoint ({_first_line(error)})") from error
-    except (pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise FormatError(
-            f"{path}: cannot be loaded with torch.load(weights_only=True) ({_first_line(error)}); "
-            "convert it to .safetensors with a trusted tool"
-        ) from error
 
 
 def _tensors_of(obj: object, path: Path) -> StateDict:
@@ -78,11 +68,6 @@ def _tensors_of(obj: object, path: Path) -> StateDict:
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: holds a {type(obj).__name__}; expected a dict of tensors")
     return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def model_to_ldm(model: SDModel | ComponentStateDicts, *, v2: bool | None = None) -> StateDict:
@@ -159,7 +144,7 @@ def _open_template(template: Path) -> Iterator[_Template]:
         try:
             handle = safe_open(template, framework="pt", device="cpu")
         except (SafetensorError, OSError) as error:
-            message = f"{template}: not a readable safetensors file ({_first_line(error)})"
+            message = f"{template}: not a readable safetensors file ({first_line(error)})"
             raise FormatError(message) from error
         with handle:
             keys = list(handle.keys())
@@ -172,7 +157,7 @@ def _open_template(template: Path) -> Iterator[_Template]:
         return
     if template.suffix.lower() not in PICKLE_SUFFIXES:
         raise FormatError(f"{template}: unknown checkpoint format; expected .safetensors or .ckpt")
-    state = _tensors_of(_torch_load(template, mmap=True), template)
+    state = _tensors_of(torch_load_weights(template, mmap=True), template)
     yield (lambda key: state[key].shape if key in state else None), state.__getitem__, list(state)
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from adapters_core.atomic import check_writable
+from adapters_core.choices import DEFAULT_SVD
 from adapters_core.errors import ConfigError, ShapeMismatchError
 from adapters_core.formats import precision_dtype
 from adapters_core.linalg import SVD_METHODS
@@ -29,7 +30,6 @@ from adapters_core.ops.outputs import ModuleOut, adapter_metadata, write_adapter
 from adapters_core.plugins import get_registry
 from adapters_core.targets import Target, all_targets
 
-DEFAULT_SVD = "randomized"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from adapters_core.atomic import check_writable
+from adapters_core.choices import DYNAMIC_METHODS
 from adapters_core.errors import ConfigError
 from adapters_core.formats import precision_dtype
 from adapters_core.ops.deltas import (
@@ -33,7 +34,6 @@ from adapters_core.ops.factors import factor_tensors, factors_of
 from adapters_core.ops.lowrank import low_rank_sum_svd, pad_components, truncate
 from adapters_core.ops.outputs import ModuleOut, adapter_metadata, rank_summary, write_adapter
 
-DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 MIN_SINGULAR_VALUE = 1e-6
 
 

@@ -24,7 +24,7 @@ from typing import BinaryIO
 import torch
 
 from adapters_core.errors import FormatError, ModelLoadError
-from adapters_core.formats import read_safetensors_header
+from adapters_core.formats import read_safetensors_header, torch_load_weights
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -151,12 +151,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> CheckpointReader:
         raise ModelLoadError(f"{path}: no such file")
     if path.suffix.lower() == ".safetensors":
         return SafetensorsReader(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # a legacy (non-zip) pickle cannot be memory-mapped
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise FormatError(f"{path}: cannot be loaded with torch.load(weights_only=True) ({error})") from None
+    payload = torch_load_weights(path, mmap=True)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
     if not isinstance(payload, dict):

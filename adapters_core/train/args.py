@@ -13,6 +13,7 @@ reason, so a migrated command line fails with a clear message instead of "no suc
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
@@ -303,27 +304,15 @@ class TrainArgs:
             raise ConfigError("--network_train_unet_only and --network_train_text_encoder_only: give at most one")
         if self.dim_from_weights and not self.network_weights:
             raise ConfigError("--dim_from_weights: needs --network_weights")
-        positive = ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "vae_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name}: must be at least 1, got {getattr(self, name)}")
-        for name in (
-            "max_train_epochs",
-            "save_every_n_epochs",
-            "save_every_n_steps",
-            "sample_every_n_steps",
-            "sample_every_n_epochs",
-            "save_last_n_epochs",
-            "save_last_n_steps",
-            "save_n_epoch_ratio",
-        ):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name}: must be at least 1, got {value}")
-        if self.max_data_loader_n_workers < 0:
-            raise ConfigError(f"--max_data_loader_n_workers: must be 0 or more, got {self.max_data_loader_n_workers}")
-        if self.clip_skip is not None and self.clip_skip < 1:
-            raise ConfigError(f"--clip_skip: must be at least 1, got {self.clip_skip}")
+        for name in RANGES:
+            check_range(name, getattr(self, name))
+        low, high = self.min_timestep or 0, self.max_timestep or 1000
+        if low >= high:
+            raise ConfigError(f"--min_timestep {low} / --max_timestep {high}: the minimum must be below the maximum")
+        if self.min_bucket_reso > self.max_bucket_reso:
+            raise ConfigError(
+                f"--min_bucket_reso {self.min_bucket_reso}: larger than --max_bucket_reso {self.max_bucket_reso}"
+            )
         if self.save_last_n_steps is not None and self.save_every_n_steps is None:
             raise ConfigError("--save_last_n_steps: needs --save_every_n_steps")
         if self.save_last_n_epochs is not None and self.save_every_n_epochs is None and self.save_n_epoch_ratio is None:
@@ -344,6 +333,84 @@ class TrainArgs:
             raise ConfigError("--masked_loss: needs --alpha_mask (conditioning_data_dir masks are not supported)")
         if len(self.base_weights_multiplier) > len(self.base_weights):
             raise ConfigError("--base_weights_multiplier: more values than --base_weights files")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric flag accepts: ``low``..``high`` (``None``: unbounded), ends included
+    unless ``open``. NaN and infinity are never accepted."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts) or "finite"
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+
+AT_LEAST_1 = Range(1)
+AT_LEAST_0 = Range(0)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1)
+BELOW_1 = Range(0, 1, high_open=True)
+
+# The documented range of every numeric flag, checked for the command line, --config_file and the API.
+RANGES: dict[str, Range] = {
+    **dict.fromkeys(
+        [
+            "network_dim", "max_train_steps", "max_train_epochs", "gradient_accumulation_steps", "vae_batch_size",
+            "lr_scheduler_num_cycles", "lr_scheduler_timescale", "multires_noise_iterations", "dataset_repeats",
+            "train_batch_size", "bucket_reso_steps", "token_warmup_min", "clip_skip", "save_every_n_epochs",
+            "save_every_n_steps", "save_n_epoch_ratio", "save_last_n_epochs", "save_last_n_epochs_state",
+            "save_last_n_steps", "save_last_n_steps_state", "sample_every_n_steps", "sample_every_n_epochs",
+        ],
+        AT_LEAST_1,
+    ),
+    **dict.fromkeys(
+        [
+            "network_alpha", "learning_rate", "unet_lr", "text_encoder_lr", "max_grad_norm", "lr_warmup_steps",
+            "lr_decay_steps", "lr_scheduler_power", "max_data_loader_n_workers", "noise_offset", "ip_noise_gamma",
+            "v_pred_like_loss", "prior_loss_weight", "keep_tokens", "caption_dropout_every_n_epochs",
+            "token_warmup_step", "base_weights_multiplier",
+        ],
+        AT_LEAST_0,
+    ),
+    **dict.fromkeys(["huber_c", "huber_scale", "min_snr_gamma"], POSITIVE),
+    **dict.fromkeys(
+        ["multires_noise_discount", "caption_dropout_rate", "caption_tag_dropout_rate", "lr_scheduler_min_lr_ratio"],
+        FRACTION,
+    ),
+    "network_dropout": BELOW_1,
+    "adaptive_noise_scale": Range(),
+    "seed": Range(0, 2**32 - 1),
+    "min_timestep": Range(0, 999),
+    "max_timestep": Range(1, 1000),
+    "min_bucket_reso": AT_LEAST_1,
+    "max_bucket_reso": AT_LEAST_1,
+}
+
+
+def check_range(name: str, value: Any, where: str | None = None) -> None:
+    """Refuse a value of the numeric flag ``name`` outside its :data:`RANGES` entry (NaN included)."""
+    allowed = RANGES.get(name)
+    if allowed is None:
+        return
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and not allowed.admits(item):
+            raise ConfigError(f"{where or '--' + name}: {item!r} is out of range; expected a value {allowed.describe()}")
 
 
 def field_defaults() -> dict[str, Any]:

@@ -12,21 +12,24 @@ import difflib
 import json
 import logging
 import math
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 from adapters_core.atomic import atomic_path
 from adapters_core.errors import ConfigError
-from adapters_core.train.args import IGNORED_FLAGS, UNSUPPORTED, field_defaults, field_specs
+from adapters_core.textfiles import read_toml
+from adapters_core.train.args import (
+    IGNORED_FLAGS,
+    UNSUPPORTED,
+    check_range,
+    field_defaults,
+    field_specs,
+)
 
 log = logging.getLogger(__name__)
+
+COMMAND_LINE = "command line"
 
 # Not written by --output_config (they describe the run of the command itself).
 _NOT_SAVED = ("config_file", "output_config", "overwrite")
@@ -54,6 +57,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _where(name: str, source: str) -> str:
+    return f"--{name}" if source == COMMAND_LINE else f"{source}: '{name}'"
+
+
 def coerce(name: str, value: Any, source: str) -> Any:
     """A toml value checked and converted to the type of TrainArgs field ``name``."""
     spec = field_specs()[name]
@@ -71,15 +78,18 @@ def coerce(name: str, value: Any, source: str) -> Any:
         if kind_type is float:
             if not all(_is_number(v) for v in items):
                 raise fail("a number or a list of numbers")
-            return tuple(float(v) for v in items)
+            numbers = tuple(float(v) for v in items)
+            check_range(name, numbers, _where(name, source))
+            return numbers
         if not all(isinstance(v, str) for v in items):
             raise fail("a string or a list of strings")
         return tuple(items)
     if kind == "int_or_float":
         if isinstance(value, str):
-            return parse_int_or_float(value, f"{source}: '{name}'")
-        if not _is_number(value):
+            value = parse_int_or_float(value, f"{source}: '{name}'")
+        elif not _is_number(value):
             raise fail("an integer or a fraction")
+        check_range(name, value, _where(name, source))
         return value
     if name == "resolution" and isinstance(value, (int, list)):
         parts = value if isinstance(value, list) else [value]
@@ -97,6 +107,7 @@ def coerce(name: str, value: Any, source: str) -> Any:
     if spec["choices"] and value not in spec["choices"]:
         choices = ", ".join(str(c) for c in spec["choices"] if c is not None)
         raise ConfigError(f"{source}: '{name}' = {value!r}; expected one of {choices}")
+    check_range(name, value, _where(name, source))
     return value
 
 
@@ -133,14 +144,7 @@ def load_config_file(name: str) -> dict[str, Any]:
     """The arguments of a ``--config_file`` toml, typed like TrainArgs."""
     path = config_path(name)
     source = f"--config_file {path}"
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    raw = read_toml(path, source)
     known = field_specs()
     values: dict[str, Any] = {}
     for key, value in flatten(raw, source).items():

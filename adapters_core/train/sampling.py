@@ -10,10 +10,8 @@ of the step at the end of an epoch), as kohya names them.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,15 +19,11 @@ from typing import Any
 
 import torch
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from adapters_core.atomic import atomic_path
 from adapters_core.errors import ConfigError
 from adapters_core.models import SDModel, to_pipeline
 from adapters_core.models.pipeline import SCHEDULERS
+from adapters_core.textfiles import read_json, read_text, read_toml
 from adapters_core.train import text
 
 log = logging.getLogger(__name__)
@@ -109,24 +103,14 @@ def load_prompts(path: str | Path) -> list[SamplePrompt]:
     """Read a ``.txt``, ``.toml`` or ``.json`` prompt file."""
     file = Path(path)
     where = f"--sample_prompts {file}"
-    try:
-        content = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read ({exc.strerror or exc})") from None
     if file.suffix.lower() == ".toml":
-        try:
-            data = tomllib.loads(content).get("prompt", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+        data = read_toml(file, where).get("prompt", {})
         base = {k: v for k, v in data.items() if k != "subset"}
         entries: list[Any] = [{**base, **subset} for subset in data.get("subset", [])]
     elif file.suffix.lower() == ".json":
-        try:
-            entries = json.loads(content)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where}: not valid JSON: {exc}") from None
+        entries = read_json(file, where)
     else:
-        entries = [line.strip() for line in content.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        entries = [line.strip() for line in read_text(file, where).splitlines() if line.strip() and not line.lstrip().startswith("#")]
     prompts = []
     for index, entry in enumerate(entries):
         if isinstance(entry, str):

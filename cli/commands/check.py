@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+from adapt_cli.options import INPUT_FILE
 
-from adapters_core.check import CheckReport, check_adapter
+if TYPE_CHECKING:
+    from adapters_core.check import CheckReport
 
 
 def _alpha(value: float | None) -> str:
@@ -50,7 +53,7 @@ def _print_report(report: CheckReport, show_modules: bool) -> None:
 
 
 @click.command("check")
-@click.argument("adapter", type=click.Path(path_type=Path))
+@click.argument("adapter", type=INPUT_FILE)
 @click.option(
     "--model",
     default=None,
@@ -66,6 +69,8 @@ def check(adapter: Path, model: str | None, as_json: bool, summary: bool, strict
 
     Exits 1 when some key loads nowhere (with --strict also on diffusers issues).
     """
+    from adapters_core.check import check_adapter
+
     report = check_adapter(adapter, model)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))

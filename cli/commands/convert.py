@@ -5,18 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from adapt_cli.options import (
+    INPUT_PATH,
+    kohya_option,
+    overwrite_option,
+    refuse_existing,
+)
 
-from adapt_cli.options import kohya_option, overwrite_option
-from adapters_core.convert import FORMATS, convert_lora
-from adapters_core.formats import precision_dtype
+from adapters_core.choices import LORA_FORMATS
 
 
 @click.command("convert")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=INPUT_PATH)
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option("--to", "to", type=click.Choice(FORMATS), required=True, help="Output format.")
+@click.option("--to", "to", type=click.Choice(LORA_FORMATS), required=True, help="Output format.")
 @click.option(
-    "--from", "source_format", type=click.Choice(("auto", *FORMATS)), default="auto", show_default=True,
+    "--from", "source_format", type=click.Choice(("auto", *LORA_FORMATS)), default="auto", show_default=True,
     help="Input format (auto: from the keys, or a folder's files).",
 )
 @click.option(
@@ -43,6 +47,10 @@ def convert(
     A kohya output whose Linear/1x1 modules differ in alpha gets alpha/rank folded into lora_up
     (alpha = rank), because diffusers would apply the wrong scale to it otherwise.
     """
+    refuse_existing(output, overwrite)
+    from adapters_core.convert import convert_lora
+    from adapters_core.formats import precision_dtype
+
     result = convert_lora(
         source, output, to, source_format=source_format, model=model,
         dtype=precision_dtype(save_precision), overwrite=overwrite,

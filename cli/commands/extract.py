@@ -13,30 +13,40 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from adapt_cli.options import PRECISIONS, kohya_option, overwrite_option
+from adapt_cli.commands.merge import ADAPTER_SUFFIXES
+from adapt_cli.options import (
+    DEVICE,
+    INPUT_FILE,
+    INPUT_PATH,
+    POSITIVE_INT,
+    PRECISIONS,
+    Number,
+    check_suffix,
+    kohya_option,
+    overwrite_option,
+    refuse_existing,
+)
 
+from adapters_core.choices import DEFAULT_SVD, SVD_METHODS
 from adapters_core.errors import ConfigError
-from adapters_core.linalg import SVD_METHODS
-from adapters_core.ops.dylora_split import split_dylora
-from adapters_core.ops.extract import DEFAULT_SVD, extract_from_models
 
 
 @click.command("extract")
 @kohya_option(
     "--model_org",
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     default=None,
     help="Original checkpoint (single file or Diffusers folder).",
 )
 @kohya_option(
     "--model_tuned",
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     default=None,
     help="Fine-tuned checkpoint of the same architecture.",
 )
 @kohya_option("--save_to", required=True, type=click.Path(path_type=Path), help="Output adapter file.")
-@kohya_option("--dim", type=int, default=4, show_default=True, help="Rank of Linear/1x1 modules.")
-@kohya_option("--conv_dim", type=int, default=None, help="Rank of 3x3 conv modules (C3Lier); none when not given.")
+@kohya_option("--dim", type=POSITIVE_INT, default=4, show_default=True, help="Rank of Linear/1x1 modules.")
+@kohya_option("--conv_dim", type=POSITIVE_INT, default=None, help="Rank of 3x3 conv modules (C3Lier); none when not given.")
 @kohya_option("--network", default="lora", show_default=True, help="Adapter type to extract (any installed type).")
 @kohya_option("--v2", is_flag=True, default=None, help="The checkpoints are SD 2.x (detected when not given).")
 @kohya_option("--v_parameterization", is_flag=True, default=None, help="The checkpoints are v-prediction models.")
@@ -49,28 +59,28 @@ from adapters_core.ops.extract import DEFAULT_SVD, extract_from_models
 )
 @kohya_option(
     "--clamp_quantile",
-    type=float,
+    type=Number(float, 0, 1, low_open=True),
     default=0.99,
     show_default=True,
     help="Clamp the factors to this quantile of their absolute values (1 = off).",
 )
 @kohya_option(
     "--min_diff",
-    type=float,
+    type=Number(float, 0),
     default=0.01,
     show_default=True,
     help="The text encoder is extracted only if some weight moved by more than this.",
 )
-@kohya_option("--device", default="cpu", show_default=True, help="Device for the decompositions.")
+@kohya_option("--device", type=DEVICE, default="cpu", show_default=True, help="Device for the decompositions.")
 @kohya_option("--load_precision", type=PRECISIONS, default=None, help="Precision to load the checkpoints in.")
 @kohya_option("--save_precision", type=PRECISIONS, default=None, help="Precision of the output.")
 @kohya_option(
     "--from_dylora",
-    type=click.Path(path_type=Path),
+    type=INPUT_FILE,
     default=None,
     help="Split this DyLoRA file into ranks --unit, 2*--unit, ... instead.",
 )
-@kohya_option("--unit", type=int, default=None, help="Rank step of --from_dylora.")
+@kohya_option("--unit", type=POSITIVE_INT, default=None, help="Rank step of --from_dylora.")
 @overwrite_option()
 def extract(
     model_org: Path | None,
@@ -97,6 +107,8 @@ def extract(
             raise ConfigError("--from_dylora: give either --from_dylora or --model_org/--model_tuned, not both")
         if unit is None:
             raise ConfigError("--from_dylora needs --unit (the rank step, e.g. the unit the DyLoRA was trained with)")
+        from adapters_core.ops.dylora_split import split_dylora
+
         paths = split_dylora(
             from_dylora, unit=unit, save_to=save_to, save_precision=save_precision, overwrite=overwrite
         )
@@ -104,6 +116,11 @@ def extract(
         return
     if model_org is None or model_tuned is None:
         raise ConfigError("--model_org and --model_tuned are both required (or --from_dylora FILE --unit U)")
+    check_suffix(save_to, "--save_to", ADAPTER_SUFFIXES)
+    refuse_existing(save_to, overwrite)
+    from adapters_core.devices import torch_device
+    from adapters_core.ops.extract import extract_from_models
+
     path, extraction = extract_from_models(
         model_org,
         model_tuned,
@@ -116,7 +133,7 @@ def extract(
         svd=svd,
         clamp_quantile=clamp_quantile,
         min_diff=min_diff,
-        device=device,
+        device=torch_device(device),
         load_precision=load_precision,
         save_precision=save_precision,
         overwrite=overwrite,

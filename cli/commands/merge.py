@@ -10,16 +10,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from adapt_cli.options import PRECISIONS, MultiValueCommand, kohya_option, overwrite_option
+from adapt_cli.options import (
+    FINITE,
+    INPUT_FILE,
+    INPUT_PATH,
+    PRECISIONS,
+    MultiValueCommand,
+    check_suffix,
+    kohya_option,
+    overwrite_option,
+    refuse_existing,
+)
 
 from adapters_core.errors import ConfigError
-from adapters_core.ops.merge import merge_adapters
-from adapters_core.ops.merge_model import merge_into_model
+
+ADAPTER_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
 @click.command("merge", cls=MultiValueCommand, multi_value=("models", "ratios"))
 @kohya_option(
     "--sd_model",
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     default=None,
     help="Checkpoint to merge into (single .safetensors/.ckpt or Diffusers folder). "
     "Without it the adapters are merged into one adapter.",
@@ -28,10 +39,10 @@ from adapters_core.ops.merge_model import merge_into_model
     "--models",
     multiple=True,
     required=True,
-    type=click.Path(path_type=Path),
+    type=INPUT_FILE,
     help="Adapter files (one or more after the flag).",
 )
-@kohya_option("--ratios", multiple=True, type=float, help="One ratio per model (negative allowed); default 1 each.")
+@kohya_option("--ratios", multiple=True, type=FINITE, help="One ratio per model (negative allowed); default 1 each.")
 @kohya_option(
     "--save_to",
     required=True,
@@ -66,9 +77,16 @@ def merge(
     root of each ratio scales both factors); --concat writes the exact sum instead (the
     ranks add up). For adapters of different ranks use --concat or `adapt svd-merge`.
     """
+    if sd_model is not None and (concat or shuffle):
+        raise ConfigError("--concat/--shuffle: only for merging adapters into one adapter (without --sd_model)")
     if sd_model is not None:
-        if concat or shuffle:
-            raise ConfigError("--concat/--shuffle: only for merging adapters into one adapter (without --sd_model)")
+        check_suffix(save_to, "--save_to", CHECKPOINT_SUFFIXES, folder_allowed=True)
+    else:
+        check_suffix(save_to, "--save_to", ADAPTER_SUFFIXES)
+    refuse_existing(save_to, overwrite)
+    if sd_model is not None:
+        from adapters_core.ops.merge_model import merge_into_model
+
         path = merge_into_model(
             sd_model,
             list(models),
@@ -82,6 +100,8 @@ def merge(
         )
         click.echo(f"{path}: merged {len(models)} adapter(s) into {sd_model}")
         return
+    from adapters_core.ops.merge import merge_adapters
+
     path = merge_adapters(
         list(models),
         list(ratios),

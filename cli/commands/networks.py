@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from adapters_core.options import COMMON_OPTIONS
-from adapters_core.plugins import get_registry
-
 
 @click.command("networks")
 def networks() -> None:
     """List installed network types with distribution, version and --network_args options."""
+    from adapters_core.options import COMMON_OPTIONS
+    from adapters_core.plugins import get_registry
+
     registry = get_registry()
     for name in sorted(registry.types):
         network_type = registry.types[name]

@@ -9,22 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from adapt_cli.options import PRECISIONS, kohya_option, overwrite_option
+from adapt_cli.commands.merge import ADAPTER_SUFFIXES
+from adapt_cli.options import (
+    DEVICE,
+    INPUT_FILE,
+    POSITIVE_INT,
+    PRECISIONS,
+    Number,
+    check_suffix,
+    kohya_option,
+    overwrite_option,
+    refuse_existing,
+)
 
-from adapters_core.ops.resize import DYNAMIC_METHODS, resize_adapter
+from adapters_core.choices import DYNAMIC_METHODS
 
 
 @click.command("resize")
-@kohya_option("--model", required=True, type=click.Path(path_type=Path), help="Adapter file to resize.")
+@kohya_option("--model", required=True, type=INPUT_FILE, help="Adapter file to resize.")
 @kohya_option("--save_to", required=True, type=click.Path(path_type=Path), help="Output adapter file.")
 @kohya_option(
     "--new_rank",
-    type=int,
+    type=POSITIVE_INT,
     default=4,
     show_default=True,
     help="New rank of Linear/1x1 modules (the cap when --dynamic_method is given).",
 )
-@kohya_option("--new_conv_rank", type=int, default=None, help="New rank of 3x3 conv modules (default: --new_rank).")
+@kohya_option("--new_conv_rank", type=POSITIVE_INT, default=None, help="New rank of 3x3 conv modules (default: --new_rank).")
 @kohya_option(
     "--dynamic_method",
     type=click.Choice(DYNAMIC_METHODS),
@@ -33,12 +44,12 @@ from adapters_core.ops.resize import DYNAMIC_METHODS, resize_adapter
 )
 @kohya_option(
     "--dynamic_param",
-    type=float,
+    type=Number(float, 0, low_open=True),
     default=None,
     help="sv_ratio: largest/smallest kept value (>= 1); sv_fro, sv_cumulative: fraction kept (0-1].",
 )
 @kohya_option("--save_precision", type=PRECISIONS, default="float", show_default=True, help="Precision of the output.")
-@kohya_option("--device", default="cpu", show_default=True, help="Device for the decompositions.")
+@kohya_option("--device", type=DEVICE, default="cpu", show_default=True, help="Device for the decompositions.")
 @click.option("--verbose", is_flag=True, help="Print the energy each module retains.")
 @overwrite_option()
 def resize(
@@ -54,6 +65,11 @@ def resize(
     overwrite: bool,
 ) -> None:
     """Resize an adapter to --new_rank (or a per-module rank from --dynamic_method)."""
+    check_suffix(save_to, "--save_to", ADAPTER_SUFFIXES)
+    refuse_existing(save_to, overwrite)
+    from adapters_core.devices import torch_device
+    from adapters_core.ops.resize import resize_adapter
+
     path, report = resize_adapter(
         model,
         save_to=save_to,
@@ -62,7 +78,7 @@ def resize(
         dynamic_method=dynamic_method,
         dynamic_param=dynamic_param,
         save_precision=save_precision,
-        device=device,
+        device=torch_device(device),
         overwrite=overwrite,
     )
     if verbose:

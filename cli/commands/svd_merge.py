@@ -10,10 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from adapt_cli.options import PRECISIONS, MultiValueCommand
-from adapt_cli.options import kohya_option, overwrite_option
+from adapt_cli.commands.merge import ADAPTER_SUFFIXES
+from adapt_cli.options import (
+    DEVICE,
+    FINITE,
+    INPUT_FILE,
+    POSITIVE_INT,
+    PRECISIONS,
+    MultiValueCommand,
+    Number,
+    check_suffix,
+    kohya_option,
+    overwrite_option,
+    refuse_existing,
+)
 
-from adapters_core.ops.svd_merge import svd_merge as svd_merge_files
 
 
 @click.command("svd-merge", cls=MultiValueCommand, multi_value=("models", "ratios"))
@@ -21,14 +32,14 @@ from adapters_core.ops.svd_merge import svd_merge as svd_merge_files
     "--models",
     multiple=True,
     required=True,
-    type=click.Path(path_type=Path),
+    type=INPUT_FILE,
     help="Adapter files (one or more after the flag); ranks and module sets may differ.",
 )
-@kohya_option("--ratios", multiple=True, type=float, help="One ratio per model (negative allowed); default 1 each.")
+@kohya_option("--ratios", multiple=True, type=FINITE, help="One ratio per model (negative allowed); default 1 each.")
 @kohya_option("--save_to", required=True, type=click.Path(path_type=Path), help="Output adapter file.")
-@kohya_option("--new_rank", type=int, default=4, show_default=True, help="Rank of the merged Linear/1x1 modules.")
-@kohya_option("--new_conv_rank", type=int, default=None, help="Rank of merged 3x3 conv modules (default: --new_rank).")
-@kohya_option("--device", default="cpu", show_default=True, help="Device for the decompositions (cpu, cuda, ...).")
+@kohya_option("--new_rank", type=POSITIVE_INT, default=4, show_default=True, help="Rank of the merged Linear/1x1 modules.")
+@kohya_option("--new_conv_rank", type=POSITIVE_INT, default=None, help="Rank of merged 3x3 conv modules (default: --new_rank).")
+@kohya_option("--device", type=DEVICE, default="cpu", show_default=True, help="Device for the decompositions (cpu, cuda, ...).")
 @kohya_option(
     "--precision",
     type=PRECISIONS,
@@ -39,7 +50,7 @@ from adapters_core.ops.svd_merge import svd_merge as svd_merge_files
 @kohya_option("--save_precision", type=PRECISIONS, default=None, help="Precision of the output (default: --precision).")
 @kohya_option(
     "--clamp_quantile",
-    type=float,
+    type=Number(float, 0, 1, low_open=True),
     default=None,
     help="Clamp the factors to this quantile of their absolute values (kohya uses 0.99); off by default.",
 )
@@ -60,13 +71,18 @@ def svd_merge(
 
     Exact when --new_rank is at least the sum of the input ranks. Output alpha = rank.
     """
+    check_suffix(save_to, "--save_to", ADAPTER_SUFFIXES)
+    refuse_existing(save_to, overwrite)
+    from adapters_core.devices import torch_device
+    from adapters_core.ops.svd_merge import svd_merge as svd_merge_files
+
     path = svd_merge_files(
         list(models),
         list(ratios),
         save_to=save_to,
         new_rank=new_rank,
         new_conv_rank=new_conv_rank,
-        device=device,
+        device=torch_device(device),
         precision=precision,
         save_precision=save_precision,
         clamp_quantile=clamp_quantile,

@@ -18,12 +18,19 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from adapt_cli.options import kohya_option
 from click.core import ParameterSource
 
-from adapt_cli.options import kohya_option
 from adapters_core.errors import ConfigError
-from adapters_core.train.args import IGNORED_FLAGS, UNSUPPORTED, TrainArgs, field_defaults, field_specs
-from adapters_core.train.config_file import coerce, load_config_file, write_config_file
+from adapters_core.train.args import (
+    IGNORED_FLAGS,
+    RANGES,
+    UNSUPPORTED,
+    TrainArgs,
+    field_defaults,
+    field_specs,
+)
+from adapters_core.train.config_file import COMMAND_LINE, coerce, load_config_file, write_config_file
 
 F = Callable[..., Any]
 
@@ -92,6 +99,8 @@ def train_options(function: F) -> F:
             kwargs["type"] = str
         else:
             kwargs["type"] = spec["type"]
+        if name in RANGES:
+            kwargs["help"] += f" [{RANGES[name].describe()}]"
         if spec["choices"]:
             kwargs["help"] += " [" + "|".join(str(c) for c in spec["choices"] if c is not None) + "]"
         function = kohya_option(f"--{name}", **kwargs)(function)
@@ -105,7 +114,7 @@ def resolve_args(ctx: click.Context, values: dict[str, Any]) -> TrainArgs:
         for name, value in values.items()
         if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     }
-    from_cli = {name: coerce(name, value, "command line") for name, value in given.items()}
+    from_cli = {name: coerce(name, value, COMMAND_LINE) for name, value in given.items()}
     from_file: dict[str, Any] = {}
     if given.get("config_file") and not given.get("output_config"):
         from_file = load_config_file(given["config_file"])

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from adapters_core.errors import DatasetError
+from adapters_core.textfiles import read_text
 from adapters_core.train.dataset.config import SubsetConfig
 from adapters_core.train.dataset.images import IMAGE_EXTENSIONS
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    return read_text(path, str(path), DatasetError)
 
 
 def read_caption_file(image_path: Path, caption_extension: str, enable_wildcard: bool) -> Optional[str]:

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import difflib
 import logging
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
-
 from adapters_core.errors import ConfigError, DatasetError
+from adapters_core.textfiles import read_toml
 from adapters_core.train.dataset.buckets import check_bucket_settings
 
 log = logging.getLogger(__name__)
@@ -253,12 +248,7 @@ def load_dataset_config(toml_path: str | Path, cli_defaults: Optional[Mapping[st
                         ) -> DatasetGroupConfig:
     """Parse a kohya ``--dataset_config`` file; ``cli_defaults`` are the argparse values."""
     path = Path(toml_path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"--dataset_config {path}: cannot read the file ({e.strerror or e})") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--dataset_config {path}: not valid TOML: {e}") from e
+    raw = read_toml(path, f"--dataset_config {path}")
     for key in raw:
         if key not in ("general", "datasets"):
             close = difflib.get_close_matches(key, ["general", "datasets"], n=1)

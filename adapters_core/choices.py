@@ -1,0 +1,22 @@
+"""The names commands offer as choices, importable without torch (so ``--help`` and argument
+errors answer at once). The modules that act on a choice import it from here."""
+
+from __future__ import annotations
+
+LORA_FORMATS = ("kohya", "diffusers", "peft")
+"""``adapt convert --to``: kohya keys, diffusers' ``save_lora_weights`` layout, PEFT folders."""
+
+PRECISION_NAMES = ("float", "fp16", "bf16")
+"""``--precision`` / ``--save_precision`` / ``--dtype`` of the tools."""
+
+SVD_METHODS = ("exact", "randomized")
+"""``extract --svd``: the full SVD, or a randomized sketch (Halko et al.)."""
+
+DEFAULT_SVD = "randomized"
+"""Within 1% of the exact truncation on the benchmark models, at a fraction of the time."""
+
+DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
+"""``resize --dynamic_method``: kohya's rules for a per-module rank."""
+
+SAMPLER_NAMES = ("ddim", "pndm", "euler", "euler_a", "dpmsolver++", "dpm", "lms", "ddpm", "heun")
+"""``generate --sampler`` / ``--sample_sampler``: the diffusers schedulers adapt builds."""
