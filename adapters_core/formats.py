@@ -191,10 +191,11 @@ def prepare_tensors(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | No
     for key, tensor in tensors.items():
         value = tensor.detach().to("cpu")
         if value.is_floating_point():
-            if not torch.isfinite(value).all():
-                raise NonFiniteError(f"{key}: contains NaN or infinite values; refusing to write the file")
             if dtype is not None:
                 value = value.to(dtype)
+            if not torch.isfinite(value).all():
+                where = f" in {str(dtype).removeprefix('torch.')}" if dtype is not None else ""
+                raise NonFiniteError(f"{key}: contains NaN or infinite values{where}; refusing to write the file")
         prepared[key] = value.contiguous()
     return prepared
 

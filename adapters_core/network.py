@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from adapters_core.blocks import RankPlan
-from adapters_core.errors import FormatError, ShapeMismatchError
+from adapters_core.errors import FormatError, NonFiniteError
 from adapters_core.keys import ldm_unet_aliases, normalize_module_name
 from adapters_core.module import AdapterModule, load_module_tensors
 from adapters_core.options import resolve_options
@@ -266,7 +266,7 @@ class Network(nn.Module):
                 network=self.network_type.name, tensors=self.module_tensors(name), weight=layer.weight, ratio=ratio
             )
             if not torch.isfinite(new_weight).all():
-                raise ShapeMismatchError(f"{name}: merging gives non-finite weights; nothing was merged")
+                raise NonFiniteError(f"{name}: merging gives non-finite weights; nothing was merged")
             merged.append((layer, new_weight))
         if self.applied:
             self.remove()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapters_core.errors import NetworkOptionError, ShapeMismatchError
+from adapters_core.errors import NetworkOptionError, NonFiniteError
 from adapters_core.models import build_tiny_model
 from adapters_core.network import Network
 from helpers import randomize, te_out, unet_inputs, unet_out
@@ -139,6 +139,6 @@ def test_merge_refuses_non_finite(model):
     with torch.no_grad():
         module.lora_up.weight.fill_(float("nan"))
     before = net.targets[name].layer.weight.clone()
-    with pytest.raises(ShapeMismatchError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         net.merge_to()
     assert torch.equal(net.targets[name].layer.weight, before)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from adapters_core.atomic import atomic_path, check_writable
-from adapters_core.errors import FormatError, ModelLoadError, ShapeMismatchError, UnknownNetworkError
+from adapters_core.errors import FormatError, ModelLoadError, NonFiniteError, ShapeMismatchError, UnknownNetworkError
 from adapters_core.formats import precision_dtype
 from adapters_core.metadata import modelspec_metadata
 from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progress_bar, read_adapters, resolve_ratios
@@ -44,8 +44,19 @@ def merge_module(adapter: Adapter, name: str, weight: torch.Tensor, ratio: float
     if merged is None:
         raise UnknownNetworkError(f"network type '{adapter.network}': no installed plugin merges its modules")
     if not torch.isfinite(merged.sum(dtype=torch.float32)):  # NaN/inf reach the sum: one pass, no mask
-        raise ShapeMismatchError(f"{adapter.path}: {name}: merging gives non-finite weights; nothing was written")
+        raise NonFiniteError(f"{adapter.path}: {name}: merging gives non-finite weights; nothing was written")
     return merged
+
+
+def finite_in(dtype: torch.dtype, key: str, merged: torch.Tensor) -> torch.Tensor:
+    """``merged`` cast to the output dtype, refused when the cast overflows (e.g. fp16 above 65504)."""
+    cast = merged.to(dtype)
+    if not torch.isfinite(cast.sum(dtype=torch.float32)):
+        raise NonFiniteError(
+            f"{key}: the merged weight is not finite in {str(dtype).removeprefix('torch.')} (an adapter with "
+            "extreme values, or a ratio too large?); nothing was written"
+        )
+    return cast
 
 
 def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> None:
@@ -229,7 +240,7 @@ def _merge_streaming(
                 for adapter, ratio in zip(adapters, ratios, strict=True):
                     if name in adapter.modules:
                         parts[i] = merge_module(adapter, name, parts[i], ratio)
-            return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
+            return finite_in(save_dtype, key, torch.cat(parts) if len(parts) > 1 else parts[0])
 
         keys = list(reader)
         with atomic_path(target, overwrite) as tmp, _threads(torch.get_num_threads() - 1):
@@ -270,6 +281,7 @@ def _merge_loaded(
         for adapter, ratio, name in jobs:
             weight = layer_weight(targets[name])
             weight.copy_(merge_module(adapter, name, weight, ratio))
+            finite_in(save_dtype, name, weight)
             bar.update()
     if target.suffix.lower() in SINGLE_FILE_SUFFIXES:
         metadata = modelspec_metadata(

@@ -1,10 +1,16 @@
 """What a run writes while it trains: adapter files and state folders at kohya's save points.
 
 Only the main process writes; ``--save_last_n_epochs/steps[_state]`` prune older ones.
+
+Before anything is written, ``check_weights(step)`` runs one forward pass with the weights
+about to be saved (the trainer's :meth:`~adapters_core.train.loop.Trainer.check_weights`):
+an update that exploded, leaving huge but finite weights, stops the run there instead of
+leaving a checkpoint that renders noise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -33,6 +39,9 @@ class Checkpoints:
         accelerator: Accelerator,
         network: Network,
         num_epochs: int,
+        *,
+        optimizer: str,
+        check_weights: Callable[[int], None],
     ) -> None:
         self.args = args
         self.names = names
@@ -40,6 +49,8 @@ class Checkpoints:
         self.accelerator = accelerator
         self.network = network
         self.num_epochs = num_epochs
+        self.optimizer = optimizer
+        self.check_weights = check_weights
         self.files: list[Path] = []
 
     def save(self, path: Path, step: int, epoch: int) -> None:
@@ -47,7 +58,13 @@ class Checkpoints:
 
     def save_state(self, folder: Path, step: int, epoch: int) -> None:
         save_state(
-            self.accelerator, folder, step=step, epoch=epoch, seed=self.args.seed or 0, overwrite=self.args.overwrite
+            self.accelerator,
+            folder,
+            step=step,
+            epoch=epoch,
+            seed=self.args.seed or 0,
+            optimizer=self.optimizer,
+            overwrite=self.args.overwrite,
         )
         self.files.append(folder)
 
@@ -59,6 +76,7 @@ class Checkpoints:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
+        self.check_weights(step)
         self.save(names.step(step), step, epoch)
         if args.save_state:
             self.save_state(names.step_state(step), step, epoch)
@@ -77,6 +95,7 @@ class Checkpoints:
         every = args.save_every_n_epochs
         if not (every and epoch % every == 0 and epoch < self.num_epochs and self.accelerator.is_main_process):
             return
+        self.check_weights(step)
         self.save(names.epoch(epoch), step, epoch)
         if args.save_state:
             self.save_state(names.epoch_state(epoch), step, epoch)
@@ -87,7 +106,7 @@ class Checkpoints:
         if args.save_state and old_state is not None:
             remove_output(names.epoch_state(old_state))
 
-    def interrupted(self, step: int, epoch: int) -> TrainingInterrupted:
+    def interrupted(self, step: int, epoch: int, signal_number: int) -> TrainingInterrupted:
         """After Ctrl-C: ``<name>-interrupted`` (never over an existing file without --overwrite)
         and a resumable ``<name>-stepNNNNNNNN-state``."""
         path = self.names.interrupted()
@@ -95,16 +114,18 @@ class Checkpoints:
             path = path.with_name(f"{path.stem}-step{step:08d}{path.suffix}")
         state = self.names.step_state(step)
         if self.accelerator.is_main_process:
+            self.check_weights(step)
             self.save(path, step, epoch)
             if not state.exists():
                 self.save_state(state, step, epoch)
-        return TrainingInterrupted(str(path), str(state))
+        return TrainingInterrupted(str(path), str(state), signal_number)
 
     def final(self, step: int) -> None:
         """The final adapter ``<name>.<ext>`` (and ``<name>-state`` when asked)."""
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
+        self.check_weights(step)
         if self.args.save_state or self.args.save_state_on_train_end:
             self.save_state(self.names.final_state(), step, self.num_epochs)
         self.save(self.names.final(), step, self.num_epochs)

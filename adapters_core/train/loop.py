@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +44,7 @@ from adapters_core.train.saving import (
 from adapters_core.train.schedulers import ScheduleSpec, build_lr_scheduler
 from adapters_core.train.state import load_state, read_resume_point
 from adapters_core.train.step import StepContext, compute_loss
+from adapters_core.train.text import check_clip_skip
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,11 @@ class Trainer:
         self.optimizer_name = resolve_optimizer_name(args.optimizer_type, args.use_8bit_adam, args.use_lion_optimizer)
         self.optimizer_args = parse_optimizer_args(args.optimizer_args)
         self.scheduler_args = parse_optimizer_args(args.lr_scheduler_args, "--lr_scheduler_args")
+        if self.resume is not None and self.resume.optimizer not in (None, self.optimizer_name):
+            raise ConfigError(
+                f"--resume {args.resume}: the state was saved by optimizer {self.resume.optimizer}, this run uses "
+                f"{self.optimizer_name}; resume with the same --optimizer_type"
+            )
         self.prompts = sampling.load_prompts(args.sample_prompts) if args.sample_prompts else []
         sampling.sampler_name(args.sample_sampler, "--sample_sampler")
         self.save_dtype = precision_dtype(args.save_precision)
@@ -126,6 +133,7 @@ class Trainer:
     def _prepare_model(self) -> None:
         args, acc = self.args, self.accelerator
         self.model = components.load_base_model(args, acc.device)
+        check_clip_skip(self.model.text_encoder, args.clip_skip)
         if self.cache is not None:
             self.cache.fill(
                 self.dataset,
@@ -198,7 +206,16 @@ class Trainer:
             args, v2=self.model.v2, v_parameterization=self.model.v_parameterization, started_at=self.started_at
         )
         writer = AdapterWriter(metadata, modelspec, args.no_metadata, self.save_dtype, args.overwrite)
-        self.checkpoints = Checkpoints(args, self.names, writer, acc, self.network, self.num_epochs)
+        self.checkpoints = Checkpoints(
+            args,
+            self.names,
+            writer,
+            acc,
+            self.network,
+            self.num_epochs,
+            optimizer=self.optimizer_name,
+            check_weights=self.check_weights,
+        )
         if acc.trackers is not None and (args.logging_dir or args.log_with):
             config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
             acc.init_trackers(args.log_tracker_name or "network_train", config=config)
@@ -246,7 +263,7 @@ class Trainer:
                 norm = acc.clip_grad_norm_(params, self.args.max_grad_norm)
                 # With fp16's gradient scaler an infinite norm only means "skip this step".
                 if acc.scaler is None and norm is not None and not math.isfinite(float(norm)):
-                    raise TrainingDivergedError(f"step {step + 1}: the gradient norm is {float(norm)}; {DIVERGED_HINT}")
+                    raise self._diverged(step, f"the gradient norm is {float(norm)}")
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -271,10 +288,9 @@ class Trainer:
                 loss = compute_loss(self.step_context, batch)
                 value = float(loss.detach().item())
                 if not math.isfinite(value):
-                    raise TrainingDivergedError(
-                        f"step {step + 1}: the loss is {value}; training stopped; {DIVERGED_HINT}"
-                    )
+                    raise self._diverged(step, f"the loss is {value}")
                 self._update(loss, step)
+            self.last_batch = batch
             micro += 1
             self.first_loss = value if self.first_loss is None else self.first_loss
             recorder.add(epoch=epoch_index, step=position, loss=value)
@@ -297,10 +313,29 @@ class Trainer:
             self._sample(step, None)
             self.checkpoints.after_step(step, epoch_index)
             if interrupt.requested:
-                raise self.checkpoints.interrupted(step, epoch_index)
+                raise self.checkpoints.interrupted(step, epoch_index, interrupt.signal_number or signal.SIGINT)
             if step >= args.max_train_steps:
                 break
         return step
+
+    def _diverged(self, step: int, what: str) -> TrainingDivergedError:
+        return TrainingDivergedError(f"step {step + 1}: {what}; training stopped; {DIVERGED_HINT}")
+
+    def check_weights(self, step: int) -> None:
+        """Before a checkpoint of the weights after ``step`` updates is written: one forward pass
+        on the last batch with those weights (no gradients, random state untouched) must give a
+        finite loss, so the update that explodes never leaves a checkpoint behind."""
+        batch = getattr(self, "last_batch", None)
+        if batch is None:
+            return
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            value = float(compute_loss(self.step_context, batch).item())
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"step {step}: the weights this update produced give a loss of {value}; training stopped and "
+                f"the checkpoint of step {step} was not written; {DIVERGED_HINT}"
+            )
 
     def run(self) -> TrainResult:
         set_seed(self.args.seed or 0)  # the network's initial weights come from the seed, as in kohya
@@ -333,7 +368,7 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.show_progress and acc.is_local_main_process),
         )
-        with GracefulInterrupt() as interrupt:
+        with GracefulInterrupt() as interrupt, bar:  # the bar ends its line before any message
             for epoch_index in range(start_epoch, self.num_epochs):
                 step = self._train_epoch(epoch_index, step, skip, bar, recorder, interrupt)
                 skip = 0
@@ -341,7 +376,6 @@ class Trainer:
                     acc.log({"loss/epoch_average": recorder.average}, step=epoch_index + 1)
                 self.checkpoints.after_epoch(epoch_index + 1, step)
                 self._sample(step, epoch_index + 1)
-        bar.close()
         self.network.eval()
         self.checkpoints.final(step)
         acc.end_training()

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 
+from adapters_core.atomic import atomic_path
 from adapters_core.models import load_sd_model, write_tiny_model
 from adapters_core.network import Network
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.components import build_dataset
 from adapters_core.train.dataset import write_demo_dataset
+from adapters_core.train.dataset.demo import CLASS_FOLDER
 from adapters_core.train.evaluation import denoising_loss
 from adapters_core.train.loop import train
 
@@ -62,12 +64,32 @@ def quickstart_args(
     )
 
 
+DEMO_IMAGES = 8
+
+
+def _model_complete(folder: Path) -> bool:
+    return all((folder / part).is_file() for part in ("model_index.json", "unet/config.json", "vae/config.json"))
+
+
+def _dataset_complete(folder: Path) -> bool:
+    images = folder / "img" / CLASS_FOLDER
+    return all(
+        (images / f"{i:03d}.png").is_file() and (images / f"{i:03d}.txt").is_file() for i in range(DEMO_IMAGES)
+    )
+
+
 def prepare_workspace(work_dir: Path) -> None:
-    """Write the tiny model and the demo data unless they are there (both are deterministic)."""
-    if not (work_dir / "model" / "model_index.json").is_file():
-        write_tiny_model(work_dir / "model", seed=0)
-    if not (work_dir / "data" / "img").is_dir():
-        write_demo_dataset(work_dir / "data", n_images=8, size=IMAGE_SIZE, seed=0)
+    """Write the tiny model and the demo data unless they are there (both are deterministic).
+
+    Each is built under a temporary name and renamed into place when complete; one left
+    incomplete by an older version or by hand is rebuilt, so training never sees part of it.
+    """
+    model, data = work_dir / "model", work_dir / "data"
+    if not _model_complete(model):
+        write_tiny_model(model, seed=0, overwrite=True)  # written atomically
+    if not _dataset_complete(data):
+        with atomic_path(data, overwrite=True) as tmp:
+            write_demo_dataset(tmp, n_images=DEMO_IMAGES, size=IMAGE_SIZE, seed=0)
 
 
 def run_quickstart(

@@ -28,18 +28,28 @@ STATE_FILE = "train_state.json"
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a resumed run continues: optimizer updates done, the epoch they ended in, the seed."""
+    """Where a resumed run continues: optimizer updates done, the epoch they ended in, the seed,
+    and the optimizer that wrote the state (``None`` in states of older versions and of kohya)."""
 
     step: int
     epoch: int
     seed: int | None
+    optimizer: str | None = None
 
 
-def save_state(accelerator: Accelerator, folder: Path, *, step: int, epoch: int, seed: int, overwrite: bool) -> Path:
+def save_state(
+    accelerator: Accelerator, folder: Path, *, step: int, epoch: int, seed: int, optimizer: str, overwrite: bool
+) -> Path:
     """Write a state folder atomically (to a temporary name, renamed when complete)."""
     with atomic_path(folder, overwrite=overwrite) as tmp:
         accelerator.save_state(str(tmp))
-        counters = {"current_step": step, "current_epoch": epoch, "seed": seed, "adapt_version": __version__}
+        counters = {
+            "current_step": step,
+            "current_epoch": epoch,
+            "seed": seed,
+            "optimizer": optimizer,
+            "adapt_version": __version__,
+        }
         (tmp / STATE_FILE).write_text(json.dumps(counters), encoding="utf-8")
     log.info("saved training state %s (step %d)", folder, step)
     return folder
@@ -50,7 +60,9 @@ def read_resume_point(folder: str | Path) -> ResumePoint:
     path = Path(folder) / STATE_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return ResumePoint(int(data["current_step"]), int(data.get("current_epoch", 0)), data.get("seed"))
+        return ResumePoint(
+            int(data["current_step"]), int(data.get("current_epoch", 0)), data.get("seed"), data.get("optimizer")
+        )
     except FileNotFoundError:
         raise ConfigError(
             f"--resume {folder}: no {STATE_FILE}; expected a state folder written by --save_state"
@@ -63,7 +75,7 @@ def load_state(accelerator: Accelerator, folder: str | Path) -> None:
     """Restore adapter weights, optimizer, scheduler and RNG states into the prepared objects."""
     try:
         accelerator.load_state(str(folder))
-    except (RuntimeError, ValueError, FileNotFoundError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch, safetensors and accelerate raise many kinds here
         message = " ".join(str(exc).split())[:300]
         raise ConfigError(
             f"--resume {folder}: the state does not fit this run (same network type, options and optimizer "

@@ -48,6 +48,13 @@ def _chunks(tokenizer: CLIPTokenizer, ids: torch.Tensor, length: int, window: in
     return torch.stack(rows)
 
 
+def check_clip_skip(text_encoder: nn.Module, clip_skip: int | None) -> None:
+    """``--clip_skip`` must name one of the encoder's layers (checked before any work)."""
+    layers = int(text_encoder.config.num_hidden_layers)
+    if clip_skip is not None and not 1 <= clip_skip <= layers:
+        raise ConfigError(f"--clip_skip {clip_skip}: expected 1 to {layers} (the text encoder's layers)")
+
+
 def final_layer_norm(text_encoder: nn.Module) -> nn.Module:
     """The CLIP final layer norm (transformers 5 dropped the ``text_model`` level)."""
     return getattr(text_encoder, "text_model", text_encoder).final_layer_norm

@@ -130,9 +130,6 @@ def train(ctx: click.Context, **values: Any) -> None:
     Example: adapt train --pretrained_model_name_or_path model.safetensors --train_data_dir data
     --resolution 512 --output_dir out --network_dim 16 --learning_rate 1e-4 --max_train_steps 400
     """
-    from adapters_core.train.interrupt import TrainingInterrupted
-    from adapters_core.train.loop import train as run_training
-
     args = resolve_args(ctx, values)
     if args.output_config:
         if not args.config_file:
@@ -140,11 +137,15 @@ def train(ctx: click.Context, **values: Any) -> None:
         path = write_config_file(args.config_file, vars(args), overwrite=args.overwrite)
         click.echo(f"wrote {path}")
         return
+    args.validate()  # before torch is imported: argument errors answer at once
+    from adapters_core.train.interrupt import TrainingInterrupted
+    from adapters_core.train.loop import train as run_training
+
     try:
         result = run_training(args)
     except TrainingInterrupted as interrupted:
         click.echo(f"adapt: {interrupted}; resume with --resume {interrupted.state}", err=True)
-        raise click.Abort() from None  # exit status 130, like any Ctrl-C
+        raise click.exceptions.Exit(interrupted.exit_code) from None  # 130 after Ctrl-C, 143 after SIGTERM
     if not result.main_process:
         return
     loss = ""
