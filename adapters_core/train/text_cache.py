@@ -16,7 +16,8 @@ are reused by later runs. Besides the tensors the file stores the caption and a 
 the encoding (text-encoder weights, ``--clip_skip``, ``--max_token_length``,
 ``--mixed_precision``); a file whose caption or fingerprint differs is stale, re-encoded and
 rewritten. Tensors keep the encoder's dtype (bfloat16, which npz cannot hold, goes through
-float32 exactly), so cached training matches uncached training bit for bit.
+float32 exactly), so cached training matches uncached training bit for bit at batch size 1
+(with larger batches the encoder's batched arithmetic may round the last bits differently).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def encoder_fingerprint(text_encoder: torch.nn.Module, **settings: object) -> st
     for name, tensor in sorted(text_encoder.state_dict().items()):
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
