@@ -112,6 +112,19 @@ def test_cached_run_matches_uncached_bit_for_bit_without_running_the_encoder(
     assert plain.encoder_devices_in_steps == {"cpu"}
 
 
+def test_sample_prompts_keep_the_encoder(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sks shape --w 32 --h 32 --s 2 --d 5\n", encoding="utf-8")
+    flags = ["--network_train_unet_only", "--cache_text_encoder_outputs", "--sample_prompts", str(prompts)]
+    argv = base_args(workspace, tmp_path / "out", *flags, "--sample_every_n_steps", "2", steps=2)
+    run = recorded_run(argv, monkeypatch, capsys)
+    assert run.code == 0 and run.encoder_calls_in_steps == 0
+    assert run.encoder_devices_in_steps == {"cpu"}  # kept: the samples need it
+    assert len(list((tmp_path / "out" / "sample").glob("*.png"))) == 1
+
+
 def te_files(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.rglob("*_te_outputs.npz")}
 
