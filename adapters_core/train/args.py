@@ -144,6 +144,15 @@ class TrainArgs:
         False, "Keep the latent cache as .npz files next to the images, reused across runs.", kind="flag"
     )
     vae_batch_size: int = opt(1, "Images per VAE call when caching latents.", type=int)
+    cache_text_encoder_outputs: bool = opt(
+        False,
+        "Encode each caption once before training; needs --network_train_unet_only (no caption shuffle/dropout, "
+        "tag dropout, token warm-up or wildcards).",
+        kind="flag",
+    )
+    cache_text_encoder_outputs_to_disk: bool = opt(
+        False, "Keep the text-encoder output cache as <image>_te_outputs.npz files, reused across runs.", kind="flag"
+    )
     skip_cache_check: bool = opt(
         False, "Accepted for kohya compatibility (cache validity is always checked; it is cheap).", kind="flag"
     )
@@ -302,6 +311,11 @@ class TrainArgs:
             raise ConfigError("--dataset_config or --train_data_dir: one is required")
         if self.network_train_unet_only and self.network_train_text_encoder_only:
             raise ConfigError("--network_train_unet_only and --network_train_text_encoder_only: give at most one")
+        if (self.cache_text_encoder_outputs or self.cache_text_encoder_outputs_to_disk) and self.train_text_encoder:
+            raise ConfigError(
+                "--cache_text_encoder_outputs: needs --network_train_unet_only (a text encoder whose outputs are "
+                "cached cannot train)"
+            )
         if self.dim_from_weights and not self.network_weights:
             raise ConfigError("--dim_from_weights: needs --network_weights")
         for name in RANGES:
@@ -480,9 +494,7 @@ UNSUPPORTED: dict[str, str] = {
     "fused_backward_pass": "fused backward passes are not supported",
     "cpu_offload_checkpointing": "CPU offload of checkpoints is not supported",
     "tokenizer_cache_dir": "models load offline; pass --tokenizer",
-    "cache_text_encoder_outputs": "text-encoder output caching is not supported",
-    "cache_text_encoder_outputs_to_disk": "text-encoder output caching is not supported",
-    "text_encoder_batch_size": "text-encoder output caching is not supported",
+    "text_encoder_batch_size": "text-encoder outputs are cached in batches of the dataset's batch size",
     "blocks_to_swap": "block swapping is not supported",
 }
 

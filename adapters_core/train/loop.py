@@ -14,6 +14,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,8 +44,9 @@ from adapters_core.train.saving import (
 )
 from adapters_core.train.schedulers import ScheduleSpec, build_lr_scheduler
 from adapters_core.train.state import load_state, read_resume_point
-from adapters_core.train.step import StepContext, compute_loss
+from adapters_core.train.step import StepContext, compute_loss, encode_captions
 from adapters_core.train.text import check_clip_skip
+from adapters_core.train.text_cache import TextEncoderCache, check_cacheable, encoder_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class Trainer:
         self.resume = read_resume_point(args.resume) if args.resume else None
         if args.cache_latents_to_disk and not args.cache_latents:
             args = replace(args, cache_latents=True)
+        if args.cache_text_encoder_outputs_to_disk and not args.cache_text_encoder_outputs:
+            args = replace(args, cache_text_encoder_outputs=True)
         self.args = replace(args, seed=resolved_seed(args, self.resume))
         self.show_progress = show_progress
         self.started_at = time.time()
@@ -98,6 +102,8 @@ class Trainer:
         self.save_dtype = precision_dtype(args.save_precision)
         self.cache = LatentCache(args.cache_latents_to_disk) if args.cache_latents else None
         self.dataset = components.build_dataset(args, self.cache)
+        if args.cache_text_encoder_outputs:
+            check_cacheable(self.dataset.config)
         self.sync = EpochSyncDataset(self.dataset)
         self.accelerator = make_accelerator(args)
         acc = self.accelerator
@@ -182,6 +188,32 @@ class Trainer:
             acc.autocast,
             args.train_text_encoder,
         )
+        if args.cache_text_encoder_outputs:
+            self._cache_text_encoder_outputs()
+
+    def _cache_text_encoder_outputs(self) -> None:
+        """Encode every caption once; without sample prompts the text encoder then leaves memory."""
+        args, acc, model = self.args, self.accelerator, self.model
+        cache = TextEncoderCache(args.cache_text_encoder_outputs_to_disk)
+        fingerprint = ""
+        if cache.to_disk:
+            fingerprint = encoder_fingerprint(
+                model.text_encoder,
+                clip_skip=args.clip_skip,
+                max_token_length=args.max_token_length,
+                mixed_precision=args.mixed_precision,
+            )
+        cache.fill(
+            self.dataset,
+            partial(encode_captions, self.step_context),
+            fingerprint=fingerprint,
+            batch_size=max(ds.batch_size for ds in self.dataset.config.datasets),
+            write_files=acc.is_main_process,
+            show_progress=self.show_progress and acc.is_local_main_process,
+        )
+        self.step_context.text_cache = cache
+        if not self.prompts:
+            model.text_encoder.to("meta")  # frees its weights; nothing runs it again
 
     def _prepare_output(self) -> None:
         args, acc = self.args, self.accelerator

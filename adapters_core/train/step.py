@@ -15,6 +15,7 @@ from adapters_core.train import loss as L
 from adapters_core.train import noise as N
 from adapters_core.train import text
 from adapters_core.train.args import TrainArgs
+from adapters_core.train.text_cache import TextEncoderCache
 
 
 @dataclass
@@ -27,6 +28,7 @@ class StepContext:
     device: torch.device
     autocast: Callable[[], AbstractContextManager[Any]]
     train_text_encoder: bool
+    text_cache: TextEncoderCache | None = None  # set once filled: steps then never run the encoder
 
     @property
     def latent_scale(self) -> float:
@@ -48,12 +50,26 @@ def batch_latents(ctx: StepContext, batch: dict[str, Any]) -> torch.Tensor:
         return torch.nan_to_num(latents, 0.0) * ctx.latent_scale
 
 
-def conditioning(ctx: StepContext, captions: list[str]) -> torch.Tensor:
-    """Text-encoder states for the captions, with gradient only when the text encoder trains."""
+def encode_captions(ctx: StepContext, captions: list[str]) -> text.TextOutputs:
+    """Run the text encoder on the captions, with gradient only when it trains."""
     assert ctx.model.tokenizer is not None
-    ids = text.tokenize(ctx.model.tokenizer, captions, ctx.args.max_token_length)
     with torch.set_grad_enabled(ctx.train_text_encoder), ctx.autocast():
-        return text.encode(ctx.model.text_encoder, ids, ctx.args.clip_skip)
+        return text.encode_captions(
+            ctx.model.tokenizer,
+            ctx.model.text_encoder,
+            captions,
+            max_token_length=ctx.args.max_token_length,
+            clip_skip=ctx.args.clip_skip,
+        )
+
+
+def conditioning(ctx: StepContext, captions: list[str]) -> torch.Tensor:
+    """The U-Net's text conditioning: from the text cache when there is one, else encoded now."""
+    if ctx.text_cache is not None:
+        outputs = ctx.text_cache.lookup(captions, ctx.device)
+    else:
+        outputs = encode_captions(ctx, captions)
+    return outputs[text.HIDDEN_STATE]
 
 
 def training_noise(args: TrainArgs, latents: torch.Tensor) -> torch.Tensor:

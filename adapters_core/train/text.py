@@ -16,6 +16,12 @@ from adapters_core.errors import ConfigError
 
 ALLOWED_MAX_TOKEN_LENGTHS = (None, 75, 150, 225)
 
+TextOutputs = dict[str, torch.Tensor]
+"""What encoding a batch of captions gives: named tensors, batch first. SD 1.x/2.x give one,
+:data:`HIDDEN_STATE`; a family with more encoders adds its own names (the text cache stores
+whatever is returned)."""
+HIDDEN_STATE = "hidden_state"
+
 
 def tokenize(tokenizer: CLIPTokenizer, captions: list[str], max_token_length: int | None = None) -> torch.Tensor:
     """Token ids [B, chunks, 77] (one chunk without ``max_token_length``)."""
@@ -77,3 +83,16 @@ def encode(text_encoder: nn.Module, input_ids: torch.Tensor, clip_skip: int | No
         parts.append(states[:, start : start + window - 2])
     parts.append(states[:, -1:])
     return torch.cat(parts, dim=1)
+
+
+def encode_captions(
+    tokenizer: CLIPTokenizer,
+    text_encoder: nn.Module,
+    captions: list[str],
+    *,
+    max_token_length: int | None = None,
+    clip_skip: int | None = None,
+) -> TextOutputs:
+    """The conditioning of a batch of captions, as :data:`TextOutputs`."""
+    ids = tokenize(tokenizer, captions, max_token_length)
+    return {HIDDEN_STATE: encode(text_encoder, ids, clip_skip)}
