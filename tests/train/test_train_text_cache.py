@@ -42,19 +42,23 @@ def recorded_run(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> Re
     """Run ``adapt train`` and record each step's loss and every text-encoder call."""
     seen = Recorded()
     in_step = [False]
+    checking = [False]  # the no-grad forward before a checkpoint is written is not part of training
 
     def counting_encode(text_encoder, input_ids, clip_skip=None):
-        seen.encoded_rows += input_ids.shape[0]
+        if not checking[0]:
+            seen.encoded_rows += input_ids.shape[0]
         seen.encoder_calls_in_steps += in_step[0]
         return REAL_ENCODE(text_encoder, input_ids, clip_skip)
 
     def recording_loss(ctx, batch):
-        in_step[0] = True
+        in_step[0] = torch.is_grad_enabled()
+        checking[0] = not in_step[0]
         try:
             loss = REAL_COMPUTE_LOSS(ctx, batch)
         finally:
-            in_step[0] = False
-        seen.losses.append(float(loss.detach()))
+            in_step[0] = checking[0] = False
+        if torch.is_grad_enabled():
+            seen.losses.append(float(loss.detach()))
         seen.encoder_devices_in_steps.add(ctx.model.text_encoder.device.type)
         return loss
 
