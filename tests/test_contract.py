@@ -33,9 +33,9 @@ def test_builtin_types_adapt_every_layer_kind():
 
 def test_contract_detects_a_broken_delta(monkeypatch):
     """The suite can fail: a delta_weight that ignores alpha is caught."""
-    from adapt_lora import family
+    from adapt_lora import math as lora_math  # the hooks look the function up when they run
 
-    original = family.lora_delta
-    monkeypatch.setattr(family, "lora_delta", lambda up, down, alpha, shape: original(up, down, None, shape))
+    original = lora_math.lora_delta
+    monkeypatch.setattr(lora_math, "lora_delta", lambda up, down, alpha, shape: original(up, down, None, shape))
     with pytest.raises(AssertionError, match="patched forward vs base \\+ delta"):
         CHECKS["forward_matches_delta"]("lora", next(c for c in CASES if c[0] == "lora")[2], torch.float32, get_registry())

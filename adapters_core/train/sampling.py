@@ -161,7 +161,6 @@ def generate_samples(
     autocast: Any,
 ) -> list[Path]:
     """Generate one PNG per prompt with the model as it is now (the network applied)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     assert model.tokenizer is not None
     written = []
     for prompt in prompts:

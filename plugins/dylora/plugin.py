@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from adapt_dylora.module import DyLoRAModule, build_dylora_module
 from adapt_lora.family import CONV_OPTIONS, DROPOUT_OPTIONS, LoRAFamilyPlugin
 from adapters_core.errors import NetworkOptionError
-from adapters_core.network import Network
 from adapters_core.plugins import hookimpl
 from adapters_core.types import NetworkOption, NetworkType
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from adapt_dylora.module import DyLoRAModule
+    from adapters_core.network import Network
 
 
 def check_dylora_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -39,11 +44,19 @@ DYLORA = NetworkType(
 )
 
 
+def build_dylora_module(name: str, layer: nn.Module, options: Mapping[str, Any]) -> DyLoRAModule:
+    from adapt_dylora.module import build_dylora_module as build  # torch only when a module is made
+
+    return build(name, layer, options)
+
+
 class DyLoRAPlugin(LoRAFamilyPlugin):
     @hookimpl
     def on_train_step(self, network: Network, step: int) -> None:
         if network.network_type.name != DYLORA.name:
             return
+        from adapt_dylora.module import DyLoRAModule
+
         for _, module in network.adapter_modules():
             if isinstance(module, DyLoRAModule):
                 module.sample_unit()

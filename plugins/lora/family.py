@@ -1,22 +1,24 @@
 """The hooks shared by every type that stores kohya LoRA keys (LierLa, C3Lier, DyLoRA).
 
 Each of those plugins is an instance of :class:`LoRAFamilyPlugin` with its own
-:class:`NetworkType` and module class, so the math is written once.
+:class:`NetworkType` and module class, so the math is written once. torch is imported by the
+hooks, not by this module, so that listing the installed types (``adapt networks``) and
+``--help`` stay instant.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from adapt_lora.math import lora_delta, lora_factors
-from adapt_lora.module import LoRAModule
-from adapters_core.module import merge_additive
 from adapters_core.plugins import hookimpl
 from adapters_core.types import NetworkOption, NetworkType
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from adapt_lora.module import LoRAModule
 
 LORA_KEYS = ("lora_down.weight", "lora_up.weight", "alpha")
 
@@ -30,10 +32,12 @@ CONV_OPTIONS: tuple[NetworkOption, ...] = (
     NetworkOption("conv_alpha", float, None, "alpha of 3x3 conv modules (default 1)"),
 )
 
-ModuleFactory = Callable[[str, nn.Module, Mapping[str, Any]], nn.Module]
+ModuleFactory = Callable[[str, "nn.Module", Mapping[str, Any]], "nn.Module"]
 
 
 def build_lora_module(name: str, layer: nn.Module, options: Mapping[str, Any]) -> LoRAModule:
+    from adapt_lora.module import LoRAModule
+
     return LoRAModule(
         name,
         layer,
@@ -64,6 +68,8 @@ class LoRAFamilyPlugin:
 
     @hookimpl
     def create_module(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]) -> nn.Module | None:
+        from torch import nn
+
         if not self._mine(network) or not isinstance(layer, (nn.Linear, nn.Conv2d)):
             return None
         return self.module_factory(name, layer, options)
@@ -80,6 +86,8 @@ class LoRAFamilyPlugin:
     ) -> torch.Tensor | None:
         if not self._mine(network):
             return None
+        from adapt_lora.math import lora_delta
+
         return lora_delta(tensors["lora_up.weight"], tensors["lora_down.weight"], tensors.get("alpha"), weight_shape)
 
     @hookimpl
@@ -88,6 +96,9 @@ class LoRAFamilyPlugin:
     ) -> torch.Tensor | None:
         if not self._mine(network):
             return None
+        from adapt_lora.math import lora_delta
+        from adapters_core.module import merge_additive
+
         delta = lora_delta(tensors["lora_up.weight"], tensors["lora_down.weight"], tensors.get("alpha"), weight.shape)
         return merge_additive(weight, delta, ratio)
 
@@ -97,6 +108,8 @@ class LoRAFamilyPlugin:
     ) -> dict[str, torch.Tensor] | None:
         if not self._mine(network):
             return None
+        from adapt_lora.math import lora_factors
+
         return lora_factors(
             delta,
             rank,
