@@ -135,20 +135,32 @@ def _is_flag(token: str) -> bool:
 
 
 def expand_multi_value(args: Sequence[str], flags: frozenset[str]) -> list[str]:
-    """``--models a b --ratios 1 -0.5`` -> ``--models a --models b --ratios 1 --ratios -0.5``."""
+    """``--models a b --ratios 1 -0.5`` -> ``--models a --models b --ratios 1 --ratios -0.5``.
+
+    kohya's argparse ``nargs="*"``/``"+"`` flags take every following value up to the next flag
+    (a negative number is a value); ``--flag=value`` starts the list with ``value``.
+    """
     out: list[str] = []
     current: str | None = None
     consumed = False
-    for token in args:
+    for index, token in enumerate(args):
+        if token == "--":
+            out += args[index:]
+            current = None
+            break
         if current is not None and not _is_flag(token):
             out += [current, token]
             consumed = True
             continue
         if current is not None and not consumed:
             out.append(current)  # a flag without value: let click report it
-        current, consumed = (token, False) if token in flags else (None, False)
+        name, equals, inline = token.partition("=")
+        current, consumed = (name, False) if name in flags else (None, False)
         if current is None:
             out.append(token)
+        elif equals:
+            out += [current, inline]
+            consumed = True
     if current is not None and not consumed:
         out.append(current)
     return out

@@ -37,11 +37,7 @@ def resolve_network_type(network: str | None, network_module: str | None) -> Net
         if network_module is not None and network_module not in (chosen.kohya_module, chosen.name):
             raise ConfigError(f"--network {network} and --network_module {network_module}: they name different types")
         return chosen
-    if network_module is None:
-        return registry.get("lora")
-    matching = [t for t in registry.types.values() if t.kohya_module == network_module]
-    preferred = [t for t in matching if t.name == network_module.rpartition(".")[2]]
-    return (preferred or matching or [registry.get(network_module)])[0]
+    return registry.get(network_module or "lora")  # the registry knows what a kohya module name means
 
 
 def build_dataset(args: TrainArgs, latents: LatentsProvider | None) -> ImageDataset:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from adapt_cli.options import kohya_option
+from adapt_cli.options import expand_multi_value, kohya_option
 from click.core import ParameterSource
 
 from adapters_core.errors import ConfigError
@@ -46,37 +46,23 @@ def _lookup(spellings: dict[str, str], token: str) -> str | None:
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:
-    """Expand kohya's ``--flag v1 v2`` (nargs="*") into ``--flag v1 --flag v2``; drop ignored
-    kohya flags with a warning; reject unsupported ones with the reason."""
-    specs = field_specs()
-    multi = {s: name for name, spec in specs.items() if spec["kind"] == "list" for s in _spellings(name)}
+    """Drop ignored kohya flags with a warning, reject unsupported ones with the reason, and
+    expand kohya's ``--flag v1 v2`` (nargs="*") into ``--flag v1 --flag v2``."""
     unsupported = {s: name for name in UNSUPPORTED for s in _spellings(name)}
     ignored = {s: name for name in IGNORED_FLAGS for s in _spellings(name)}
-    out: list[str] = []
-    index = 0
-    while index < len(argv):
-        token = argv[index]
-        index += 1
+    kept: list[str] = []
+    for index, token in enumerate(argv):
         if token == "--":
-            out += argv[index - 1 :]
+            kept += argv[index:]
             break
         if (name := _lookup(unsupported, token)) is not None:
             raise ConfigError(f"--{name} is a kohya option adapt does not support: {UNSUPPORTED[name]}")
         if (name := _lookup(ignored, token)) is not None:
             click.echo(f"adapt: warning: --{name} has no effect in adapt ({IGNORED_FLAGS[name]})", err=True)
             continue
-        name = _lookup(multi, token)
-        if name is None:
-            out.append(token)
-            continue
-        flag, sep, inline = token.partition("=")
-        values = [inline] if sep else []
-        while index < len(argv) and not argv[index].startswith("--"):
-            values.append(argv[index])
-            index += 1
-        for value in values:
-            out += [flag, value]
-    return out
+        kept.append(token)
+    multi = frozenset(s for name, spec in field_specs().items() if spec["kind"] == "list" for s in _spellings(name))
+    return expand_multi_value(kept, multi)
 
 
 class KohyaCommand(click.Command):
