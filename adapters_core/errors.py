@@ -53,3 +53,7 @@ class OutputExistsError(AdaptError):
 
 class TrainingDivergedError(AdaptError):
     """The loss became NaN or infinite."""
+
+
+class NonFiniteError(FormatError):
+    """A file or tensor holding NaN or infinite values where finite numbers are needed."""

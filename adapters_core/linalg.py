@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 SVD_METHODS = ("exact", "randomized")
+OUTLIER_QUANTILE = 0.99  # the most clip_outliers clips of each factor
+QUANTILE_INPUT_LIMIT = 16_000_000  # torch.quantile's input limit
 
 
 def truncated_svd(
@@ -35,15 +37,69 @@ def truncated_svd(
 
 
 def clamp_factors(up: torch.Tensor, down: torch.Tensor, quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clamp both factors to +-q, q the ``quantile`` of their concatenated absolute values.
+    """kohya's clamp: both factors to +-q, q the ``quantile`` of their concatenated (signed) values.
 
-    kohya's extract and svd-merge do this with 0.99 to tame outliers.
+    kohya's extract and svd-merge do this with 0.99 on ``up = U*S`` and ``down = Vh``. Where the
+    two factors differ in scale it clips most of the larger one (see :func:`clip_outliers`).
     """
-    values = torch.cat([up.flatten(), down.flatten()]).abs().float()
-    if values.numel() > 16_000_000:  # torch.quantile's input limit
-        values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:16_000_000]]
-    limit = torch.quantile(values, quantile).item()
+    values = torch.cat([up.flatten(), down.flatten()]).float()
+    if values.numel() > QUANTILE_INPUT_LIMIT:
+        values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:QUANTILE_INPUT_LIMIT]]
+    limit = abs(torch.quantile(values, quantile).item())
     return up.clamp(-limit, limit), down.clamp(-limit, limit)
+
+
+def product_distance(up_a: torch.Tensor, down_a: torch.Tensor, up_b: torch.Tensor, down_b: torch.Tensor) -> float:
+    """``||up_a @ down_a - up_b @ down_b||_F`` from the factors' Gram matrices (no full product).
+
+    The difference is ``[up_a, -up_b] @ [down_a; down_b]``, whose squared norm is the sum of the
+    elementwise product of the two ``2k x 2k`` Gram matrices (computed in float64).
+    """
+    left = torch.cat([up_a, -up_b], dim=1).double()
+    right = torch.cat([down_a, down_b], dim=0).double()
+    squared = float(((left.T @ left) * (right @ right.T)).sum())
+    return max(squared, 0.0) ** 0.5
+
+
+def _level_value(sorted_abs: torch.Tensor, level: float) -> float:
+    """The ``level`` quantile (nearest rank from below) of ascending absolute values."""
+    return float(sorted_abs[int(level * (sorted_abs.numel() - 1))])
+
+
+def clip_outliers(
+    up: torch.Tensor, down: torch.Tensor, quantile: float, budget: float, steps: int = 12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip each factor's largest entries, moving the product ``up @ down`` by at most ``budget``.
+
+    Each factor is clipped at its own quantile level ``p`` of its absolute values (never below
+    ``quantile``), so one factor's scale does not decide the other's limit. ``p`` is the lowest
+    level in ``[quantile, 1]`` (bisection, ``steps`` rounds) whose clipped product lies within
+    ``budget`` (Frobenius) of the unclipped one; ``p = 1`` clips nothing and always qualifies.
+    By the triangle inequality the clipped fit's error exceeds the unclipped fit's by at most
+    ``budget``. Entries that are outliers only cost little to clip; entries that carry the
+    change are kept.
+    """
+    up_abs, down_abs = up.abs().flatten().sort().values, down.abs().flatten().sort().values
+
+    def clipped(level: float) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = _level_value(up_abs, level), _level_value(down_abs, level)
+        return up.clamp(-a, a), down.clamp(-b, b)
+
+    def fits(pair: tuple[torch.Tensor, torch.Tensor]) -> bool:
+        return product_distance(up, down, *pair) <= budget
+
+    best = clipped(quantile)
+    if fits(best):
+        return best
+    low, high, best = quantile, 1.0, (up, down)
+    for _ in range(steps):
+        middle = (low + high) / 2
+        candidate = clipped(middle)
+        if fits(candidate):
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best
 
 
 def low_rank_factors(
@@ -52,14 +108,28 @@ def low_rank_factors(
     *,
     method: str = "exact",
     clamp_quantile: float | None = None,
+    clip_budget: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``up [out, k]`` and ``down [k, in*kh*kw]`` with ``up @ down`` the best rank-k fit of ``delta``.
 
-    ``delta`` is 2-D or a 4-D conv weight (flattened over ``in, kh, kw``).
+    ``delta`` is 2-D or a 4-D conv weight (flattened over ``in, kh, kw``). Three ways to treat
+    the factors' extreme entries:
+
+    * ``clamp_quantile`` below 1: kohya's clamp (:func:`clamp_factors`) on ``U*S`` and ``Vh``;
+    * else ``clip_budget`` (a fraction, e.g. 0.01): the factors are balanced
+      (``U*sqrt(S)``, ``sqrt(S)*Vh``: both of the same scale) and :func:`clip_outliers` clips
+      each at its own ``OUTLIER_QUANTILE`` as far as that moves the fit by at most
+      ``clip_budget`` times the Frobenius norm of ``delta``: the relative error stays within
+      ``clip_budget`` of the optimal rank-k fit on every layer, whatever its scale;
+    * else neither: ``U*S`` and ``Vh``, the truncation itself.
     """
     matrix = delta.reshape(delta.shape[0], -1).float()
     u, s, vh = truncated_svd(matrix, rank, method)
-    up, down = u * s.unsqueeze(0), vh
     if clamp_quantile is not None and clamp_quantile < 1.0:
-        up, down = clamp_factors(up, down, clamp_quantile)
-    return up, down
+        return clamp_factors(u * s.unsqueeze(0), vh, clamp_quantile)
+    if clip_budget is not None:
+        root = s.sqrt()
+        up, down = u * root.unsqueeze(0), root.unsqueeze(1) * vh
+        budget = clip_budget * float(torch.linalg.vector_norm(matrix))
+        return clip_outliers(up, down, OUTLIER_QUANTILE, budget)
+    return u * s.unsqueeze(0), vh

@@ -6,6 +6,7 @@ the new rank reaches the sum of the ranks, the optimal truncation otherwise, and
 delta is never formed. Other types sum their ``delta_weight`` and hand the sum to the output
 type's ``extract`` hook. As kohya: ``k = min(new_rank (new_conv_rank for 3x3), in, out)``,
 ``alpha = k`` (scale 1); the 0.99-quantile clamp of kohya is optional (off by default).
+Adapters holding NaN/inf are refused before anything is decomposed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from adapters_core.ops.deltas import (
     union_names,
 )
 from adapters_core.ops.factors import factor_tensors, factors_of, is_factor_based
+from adapters_core.ops.finite import require_finite
 from adapters_core.ops.lowrank import low_rank_sum_svd, pad_components, truncate
 from adapters_core.ops.outputs import ModuleOut, adapter_metadata, write_adapter
 
@@ -69,6 +71,8 @@ def svd_merge(
     check_writable(save_to, overwrite)
     dtype = precision_dtype(save_precision or precision)
     adapters = read_adapters(models)
+    for adapter in adapters:
+        require_finite(adapter)
     ratios = resolve_ratios(len(adapters), ratios)
     network = adapters[0].network
     shapes = LayerShapes(v2=adapters[0].flags[0])

@@ -50,9 +50,9 @@ from adapters_core.ops.extract import DEFAULT_SVD, extract_from_models
 @kohya_option(
     "--clamp_quantile",
     type=float,
-    default=0.99,
-    show_default=True,
-    help="Clamp the factors to this quantile of their absolute values (1 = off).",
+    default=None,
+    help="kohya's clamp: both factors to this quantile of their values (kohya: 0.99; 1 = no clipping). "
+    "Default: each factor's outliers clipped only while the fit stays within 1% of the best rank-k fit.",
 )
 @kohya_option(
     "--min_diff",
@@ -82,7 +82,7 @@ def extract(
     v2: bool | None,
     v_parameterization: bool | None,
     svd: str,
-    clamp_quantile: float,
+    clamp_quantile: float | None,
     min_diff: float,
     device: str,
     load_precision: str | None,
@@ -121,4 +121,4 @@ def extract(
         save_precision=save_precision,
         overwrite=overwrite,
     )
-    click.echo(f"{path}: extracted {len(extraction.modules)} modules")
+    click.echo(f"{path}: extracted {len(extraction.modules)} modules; {extraction.fit.describe()}")
