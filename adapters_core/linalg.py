@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 SVD_METHODS = ("exact", "randomized")
-OUTLIER_QUANTILE = 0.99  # the most clip_outliers clips of each factor
+OUTLIER_QUANTILE = 0.99  # outlier_fence: q + OUTLIER_FENCE * (q - median), q this quantile of |x|
+OUTLIER_FENCE = 3.0  # Tukey's "far out"
 QUANTILE_INPUT_LIMIT = 16_000_000  # torch.quantile's input limit
 
 
@@ -61,37 +62,48 @@ def product_distance(up_a: torch.Tensor, down_a: torch.Tensor, up_b: torch.Tenso
     return max(squared, 0.0) ** 0.5
 
 
-def _level_value(sorted_abs: torch.Tensor, level: float) -> float:
-    """The ``level`` quantile (nearest rank from below) of ascending absolute values."""
-    return float(sorted_abs[int(level * (sorted_abs.numel() - 1))])
+def outlier_fence(values: torch.Tensor) -> float:
+    """Tukey's far-out fence on absolute values: ``q + OUTLIER_FENCE * (q - median)``, ``q`` the
+    ``OUTLIER_QUANTILE`` quantile of ``|values|``.
+
+    For Gaussian entries (the factors of a generic change) that is about 8.3 standard
+    deviations, which no entry reaches: only entries far outside the bulk are outliers.
+    """
+    ordered = values.abs().flatten().sort().values
+    last = ordered.numel() - 1
+    high, median = float(ordered[int(OUTLIER_QUANTILE * last)]), float(ordered[last // 2])
+    return high + OUTLIER_FENCE * (high - median)
 
 
 def clip_outliers(
-    up: torch.Tensor, down: torch.Tensor, quantile: float, budget: float, steps: int = 12
+    up: torch.Tensor, down: torch.Tensor, budget: float, steps: int = 12
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip each factor's largest entries, moving the product ``up @ down`` by at most ``budget``.
+    """Clip each factor's outliers, moving the product ``up @ down`` by at most ``budget``.
 
-    Each factor is clipped at its own quantile level ``p`` of its absolute values (never below
-    ``quantile``), so one factor's scale does not decide the other's limit. ``p`` is the lowest
-    level in ``[quantile, 1]`` (bisection, ``steps`` rounds) whose clipped product lies within
-    ``budget`` (Frobenius) of the unclipped one; ``p = 1`` clips nothing and always qualifies.
+    Each factor gets its own limit, so one factor's scale does not decide the other's: its
+    :func:`outlier_fence`, raised towards its largest entry (the same fraction ``t`` of the
+    way for both; ``t = 1`` clips nothing) as far as needed for the clipped product to lie
+    within ``budget`` (Frobenius) of the unclipped one (bisection on ``t``, ``steps`` rounds).
     By the triangle inequality the clipped fit's error exceeds the unclipped fit's by at most
-    ``budget``. Entries that are outliers only cost little to clip; entries that carry the
-    change are kept.
+    ``budget``: outliers that carry little of the change are clipped, entries that carry
+    much of it are kept.
     """
-    up_abs, down_abs = up.abs().flatten().sort().values, down.abs().flatten().sort().values
+    fences = [outlier_fence(up), outlier_fence(down)]
+    peaks = [float(up.abs().max()), float(down.abs().max())]
+    if all(fence >= peak for fence, peak in zip(fences, peaks, strict=True)):
+        return up, down
 
-    def clipped(level: float) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = _level_value(up_abs, level), _level_value(down_abs, level)
+    def clipped(t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = (fence + t * max(peak - fence, 0.0) for fence, peak in zip(fences, peaks, strict=True))
         return up.clamp(-a, a), down.clamp(-b, b)
 
     def fits(pair: tuple[torch.Tensor, torch.Tensor]) -> bool:
         return product_distance(up, down, *pair) <= budget
 
-    best = clipped(quantile)
+    best = clipped(0.0)
     if fits(best):
         return best
-    low, high, best = quantile, 1.0, (up, down)
+    low, high, best = 0.0, 1.0, (up, down)
     for _ in range(steps):
         middle = (low + high) / 2
         candidate = clipped(middle)
@@ -118,9 +130,9 @@ def low_rank_factors(
     * ``clamp_quantile`` below 1: kohya's clamp (:func:`clamp_factors`) on ``U*S`` and ``Vh``;
     * else ``clip_budget`` (a fraction, e.g. 0.01): the factors are balanced
       (``U*sqrt(S)``, ``sqrt(S)*Vh``: both of the same scale) and :func:`clip_outliers` clips
-      each at its own ``OUTLIER_QUANTILE`` as far as that moves the fit by at most
-      ``clip_budget`` times the Frobenius norm of ``delta``: the relative error stays within
-      ``clip_budget`` of the optimal rank-k fit on every layer, whatever its scale;
+      the outliers of each as far as that moves the fit by at most ``clip_budget`` times the
+      Frobenius norm of ``delta``: the relative error stays within ``clip_budget`` of the
+      optimal rank-k fit on every layer, whatever its scale;
     * else neither: ``U*S`` and ``Vh``, the truncation itself.
     """
     matrix = delta.reshape(delta.shape[0], -1).float()
@@ -131,5 +143,5 @@ def low_rank_factors(
         root = s.sqrt()
         up, down = u * root.unsqueeze(0), root.unsqueeze(1) * vh
         budget = clip_budget * float(torch.linalg.vector_norm(matrix))
-        return clip_outliers(up, down, OUTLIER_QUANTILE, budget)
+        return clip_outliers(up, down, budget)
     return u * s.unsqueeze(0), vh

@@ -8,10 +8,11 @@ more than ``min_diff``.
 
 Outliers: kohya clamps ``U*S`` and ``Vh`` to the 0.99 quantile of their concatenated values.
 The two differ in scale by the singular values, so on many layers that clips most of the
-larger factor (measured: a rank-3 change of a 3x3 conv, recovered exactly without the clamp,
-comes out with a 22-39% relative error). The default here instead balances the factors
-(``U*sqrt(S)``, ``sqrt(S)*Vh``) and clips each at its own 0.99 quantile only as far as that
-moves the layer's fit by at most ``CLIP_BUDGET`` (1%) of the change's Frobenius norm
+larger factor (measured: an exact rank-3 change of a 320-channel 3x3 conv comes out with a
+29% relative error instead of 0; see docs/benchmarks.md for SD 1.5). The default here
+balances the factors (``U*sqrt(S)``, ``sqrt(S)*Vh``) and clips only each factor's outliers
+(beyond Tukey's far-out fence of its absolute values), and only as far as that moves the
+layer's fit by at most ``CLIP_BUDGET`` (1%) of the change's Frobenius norm
 (:func:`adapters_core.linalg.clip_outliers`): every layer's relative error stays within one
 percentage point of the optimal rank-k fit, for small and large changes alike. An explicit
 ``clamp_quantile`` below 1 is kohya's clamp, exactly; 1 turns clipping off.

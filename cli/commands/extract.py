@@ -52,7 +52,7 @@ from adapters_core.ops.extract import DEFAULT_SVD, extract_from_models
     type=float,
     default=None,
     help="kohya's clamp: both factors to this quantile of their values (kohya: 0.99; 1 = no clipping). "
-    "Default: each factor's outliers clipped only while the fit stays within 1% of the best rank-k fit.",
+    "Default: only each factor's outliers, and only while the fit stays within 1% of the best rank-k fit.",
 )
 @kohya_option(
     "--min_diff",

@@ -24,7 +24,14 @@ from tool_support import (  # noqa: F401 - fixtures
 )
 
 from adapters_core.errors import NonFiniteError
-from adapters_core.linalg import clamp_factors, low_rank_factors, product_distance, truncated_svd
+from adapters_core.linalg import (
+    clamp_factors,
+    clip_outliers,
+    low_rank_factors,
+    outlier_fence,
+    product_distance,
+    truncated_svd,
+)
 from adapters_core.models import save_single_file, to_pipeline
 from adapters_core.ops.deltas import read_adapter
 from adapters_core.ops.extract import CLIP_BUDGET, extract_from_models, extract_modules
@@ -70,7 +77,7 @@ def test_kohya_clamp_loses_the_exact_fit_of_an_unbalanced_conv_change() -> None:
     delta = unbalanced_conv_change(3, torch.Generator().manual_seed(1))
     assert relative_error(delta, *low_rank_factors(delta, 3, clamp_quantile=1.0)) < 1e-5
     assert relative_error(delta, *low_rank_factors(delta, 3, clamp_quantile=0.99)) > 0.15
-    assert relative_error(delta, *low_rank_factors(delta, 3, clip_budget=CLIP_BUDGET)) <= CLIP_BUDGET
+    assert relative_error(delta, *low_rank_factors(delta, 3, clip_budget=CLIP_BUDGET)) < 1e-5  # no outliers
 
 
 @pytest.mark.parametrize("scale", [1e-5, 1.0, 1e3])
@@ -82,18 +89,31 @@ def test_default_clip_stays_within_one_percent_of_the_optimal_fit(case: str, sca
     assert relative_error(delta, up, down) <= optimal_error(delta, rank) + CLIP_BUDGET
 
 
-def test_default_clip_clips_what_costs_little() -> None:
+def test_default_clip_keeps_gaussian_factors_balanced_and_whole() -> None:
     generator = torch.Generator().manual_seed(2)
     delta = torch.randn(512, 16, generator=generator) @ torch.randn(16, 512, generator=generator)
     delta += torch.randn(512, 512, generator=generator)  # full-rank noise: the rank-16 fit keeps a part
     up, down = low_rank_factors(delta, 16, clip_budget=CLIP_BUDGET)
     u, s, vh = truncated_svd(delta, 16)
-    balanced_up, balanced_down = u * s.sqrt(), s.sqrt().unsqueeze(1) * vh  # both of scale sqrt(S)
-    for clipped, plain in ((up, balanced_up), (down, balanced_down)):
-        limit = clipped.abs().max()
-        assert limit < plain.abs().max()  # something was clipped ...
-        assert torch.equal(clipped, plain.clamp(-limit, limit))  # ... and only that
-    assert product_distance(up, down, balanced_up, balanced_down) <= CLIP_BUDGET * float(delta.norm())
+    assert torch.equal(up, u * s.sqrt()) and torch.equal(down, s.sqrt().unsqueeze(1) * vh)  # no outliers
+
+
+def test_clip_outliers_clips_an_outlier_only_as_far_as_the_budget_allows() -> None:
+    generator = torch.Generator().manual_seed(5)
+    up, down = torch.randn(400, 8, generator=generator), torch.randn(8, 900, generator=generator)
+    up[3, 2] = 40.0  # an outlier: the bulk is N(0, 1), the fence about 8.3
+    fence = outlier_fence(up)
+    assert 7.0 < fence < 10.0 and outlier_fence(down) > down.abs().max()
+    full = float((up @ down).norm())
+    generous_up, generous_down = clip_outliers(up, down, budget=full)
+    assert generous_up[3, 2] == pytest.approx(fence) and torch.equal(generous_down, down)
+    others = torch.ones_like(up, dtype=torch.bool)
+    others[3, 2] = False
+    assert torch.equal(generous_up[others], up[others])  # only the outlier moved
+    budget = 0.01 * full
+    tight_up, tight_down = clip_outliers(up, down, budget=budget)
+    assert fence < tight_up[3, 2] < 40.0  # clipped less: clipping to the fence costs more
+    assert product_distance(up, down, tight_up, tight_down) <= budget
 
 
 def test_explicit_clamp_quantile_is_kohyas() -> None:
