@@ -66,3 +66,4 @@ class NonFiniteError(FormatError):
 
 class TrainingDivergedError(AdaptError):
     """The loss became NaN or infinite."""
+

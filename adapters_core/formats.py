@@ -127,13 +127,16 @@ def _load_pickle(path: Path) -> AdapterFile:
 def check_adapter_tensors(file: AdapterFile) -> None:
     """Refuse NaN/inf anywhere and an ``alpha`` that is not a single number, naming the module."""
     for key, tensor in file.tensors.items():
-        module = key.rsplit(".", 2)[0] if key.count(".") >= 2 else key.partition(".")[0]
+        module, _, name = key.partition(".")
         if key.endswith(".alpha") and tensor.numel() != 1:
             raise FormatError(
-                f"{file.path}: {key} has shape {tuple(tensor.shape)}; an alpha must be a single number"
+                f"{file.path}: module {module}: {name} has shape {tuple(tensor.shape)}; an alpha must be a single number"
             )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise NonFiniteError(f"{file.path}: module {module} ({key}) contains NaN or infinite values")
+            raise NonFiniteError(
+                f"{file.path}: module {module}: {name} holds NaN or infinite values; "
+                "a finite adapter is needed (nothing was written)"
+            )
 
 
 def load_adapter(path: str | os.PathLike[str], *, check: bool = True) -> AdapterFile:

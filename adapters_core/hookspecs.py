@@ -94,9 +94,11 @@ def extract(
     """Return the module tensors that best represent ``delta`` (the inverse of ``delta_weight``).
 
     ``delta`` has the layer's weight shape (2-D or 4-D), ``rank`` is the target rank.
-    ``options`` may carry ``alpha`` (else the type picks, LoRA uses alpha = rank) and
-    ``clamp_quantile``. ``delta_weight`` of the result must approximate ``delta`` as well as
-    a rank-``rank`` approximation can.
+    ``options`` may carry ``alpha`` (else the type picks, LoRA uses alpha = rank), ``svd``
+    (``exact`` or ``randomized``), ``clamp_quantile`` (kohya's clamp) and ``clip_budget``
+    (clip outliers only as far as the fit stays within that fraction of ``delta``'s norm; see
+    ``adapters_core.linalg.low_rank_factors``). ``delta_weight`` of the result must
+    approximate ``delta`` as well as a rank-``rank`` approximation can.
     """
 
 

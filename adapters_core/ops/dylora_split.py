@@ -4,7 +4,9 @@ DyLoRA trains its rank components in order, so its first k components form a ran
 adapter by themselves: ``down[:k]``, ``up[:, :k]``, alpha unchanged (the scale becomes
 alpha/k, as kohya's ``extract_lora_from_dylora.py`` writes). The file for rank k is
 ``<stem>-{k:04d}<ext>``; ranks below the file's largest rank are written (that one is the
-input itself). Defined on the factors, so for factor-based files only.
+input itself). Only for files a DyLoRA wrote (``ss_network_module`` is ``networks.dylora``):
+the first components of another adapter are no rank-k adapter of it, so any other file is
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import os
 from pathlib import Path
 
 from adapters_core.atomic import check_writable
-from adapters_core.errors import ConfigError
+from adapters_core.errors import ConfigError, FormatError
 from adapters_core.formats import precision_dtype
 from adapters_core.ops.deltas import progress_bar, read_adapter
 from adapters_core.ops.factors import factors_of, first_components
 from adapters_core.ops.outputs import ModuleOut, adapter_metadata, write_adapter
+
+DYLORA_MODULE = "networks.dylora"  # the ss_network_module kohya's DyLoRA writes
 
 
 def split_paths(save_to: str | os.PathLike[str], ranks: list[int]) -> list[Path]:
@@ -39,6 +43,13 @@ def split_dylora(
         raise ConfigError(f"--unit {unit}: must be a positive rank step")
     dtype = precision_dtype(save_precision)
     adapter = read_adapter(model)
+    written_by = adapter.metadata.get("ss_network_module")
+    if written_by != DYLORA_MODULE:
+        recorded = f"'{written_by}'" if written_by else "no ss_network_module"
+        raise FormatError(
+            f"{model}: not a DyLoRA file (metadata has {recorded}, expected '{DYLORA_MODULE}'); "
+            "only a DyLoRA's first components form lower-rank adapters (use adapt resize for others)"
+        )
     factors = {}
     for name, tensors in adapter.modules.items():
         found = factors_of(adapter.network, tensors, f"{model}: {name}")

@@ -6,7 +6,9 @@ rank ``k`` is ``new_rank`` or chosen from the singular values of ``F`` (``sv_rat
 the module is rewritten as the best rank-k fit with ``alpha = s * k``, so
 ``delta = (alpha/k) * F_k`` keeps the old scale. Factor-based modules are decomposed from
 their factors (:func:`low_rank_sum_svd`, no full matrix); other types go through
-``delta_weight`` and their ``extract`` hook.
+``delta_weight`` and their ``extract`` hook. Either way the new module is the optimal
+truncation, so its fit (:mod:`adapters_core.ops.fit`) follows from the singular values.
+Adapters holding NaN/inf are refused before anything is decomposed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from adapters_core.ops.deltas import (
     read_adapter,
 )
 from adapters_core.ops.factors import factor_tensors, factors_of
+from adapters_core.ops.fit import LayerFit, truncation_fit
 from adapters_core.ops.lowrank import low_rank_sum_svd, pad_components, truncate
 from adapters_core.ops.outputs import ModuleOut, adapter_metadata, rank_summary, write_adapter
 
@@ -45,8 +48,8 @@ class ModuleResize:
     old_rank: int
     new_rank: int
     sum_retained: float  # sum of kept singular values / sum of all
-    fro_retained: float  # Frobenius norm kept / total
     max_ratio: float  # S[0] / S[k-1]
+    fit: LayerFit  # of the new module to the old one (fit.kept: the Frobenius norm retained)
 
 
 def dynamic_rank(s: torch.Tensor, method: str, param: float, length: int) -> int:
@@ -72,14 +75,13 @@ def choose_rank(s: torch.Tensor, max_rank: int, length: int, method: str | None,
     return max(1, min(rank, max_rank, length))
 
 
-def retained(s: torch.Tensor, k: int) -> tuple[float, float, float]:
-    """(sum retained, Frobenius retained, S[0]/S[k-1]) of keeping the first ``k`` values."""
-    total, squares = float(s.abs().sum()), float(s.pow(2).sum())
+def retained(s: torch.Tensor, k: int) -> tuple[float, float]:
+    """(sum retained, S[0]/S[k-1]) of keeping the first ``k`` values."""
+    total = float(s.abs().sum())
     kept = s[:k]
     sum_part = float(kept.abs().sum()) / total if total else 1.0
-    fro_part = (float(kept.pow(2).sum()) / squares) ** 0.5 if squares else 1.0
     last = float(kept[-1]) if kept.numel() else 0.0
-    return sum_part, fro_part, float(s[0]) / last if last else float("inf")
+    return sum_part, float(s[0]) / last if last else float("inf")
 
 
 def check_dynamic(method: str | None, param: float | None) -> None:
@@ -175,4 +177,5 @@ def _resize_module(
         out = factor_tensors(up.cpu(), down.cpu(), scale * k, shape)
     else:
         out = extract_module(network, delta, k, {"alpha": scale * k, "svd": "exact"})
-    return ModuleOut(out, shape), ModuleResize(name, old_rank, k, *retained(s.cpu(), k))
+    s = s.cpu()
+    return ModuleOut(out, shape), ModuleResize(name, old_rank, k, *retained(s, k), truncation_fit(name, s, k, scale))

@@ -6,6 +6,7 @@ the new rank reaches the sum of the ranks, the optimal truncation otherwise, and
 delta is never formed. Other types sum their ``delta_weight`` and hand the sum to the output
 type's ``extract`` hook. As kohya: ``k = min(new_rank (new_conv_rank for 3x3), in, out)``,
 ``alpha = k`` (scale 1); the 0.99-quantile clamp of kohya is optional (off by default).
+Adapters holding NaN/inf are refused before anything is decomposed.
 """
 
 from __future__ import annotations

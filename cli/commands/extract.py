@@ -60,9 +60,9 @@ from adapters_core.errors import ConfigError
 @kohya_option(
     "--clamp_quantile",
     type=Number(float, 0, 1, low_open=True),
-    default=0.99,
-    show_default=True,
-    help="Clamp the factors to this quantile of their absolute values (1 = off).",
+    default=None,
+    help="kohya's clamp: both factors to this quantile of their values (kohya: 0.99; 1 = no clipping). "
+    "Default: only each factor's outliers, and only while the fit stays within 1% of the best rank-k fit.",
 )
 @kohya_option(
     "--min_diff",
@@ -92,7 +92,7 @@ def extract(
     v2: bool | None,
     v_parameterization: bool | None,
     svd: str,
-    clamp_quantile: float,
+    clamp_quantile: float | None,
     min_diff: float,
     device: str,
     load_precision: str | None,
@@ -138,4 +138,4 @@ def extract(
         save_precision=save_precision,
         overwrite=overwrite,
     )
-    click.echo(f"{path}: extracted {len(extraction.modules)} modules")
+    click.echo(f"{path}: extracted {len(extraction.modules)} modules; {extraction.fit.describe()}")

@@ -68,6 +68,7 @@ def resize(
     check_suffix(save_to, "--save_to", ADAPTER_SUFFIXES)
     refuse_existing(save_to, overwrite)
     from adapters_core.devices import torch_device
+    from adapters_core.ops.fit import FitSummary
     from adapters_core.ops.resize import resize_adapter
 
     path, report = resize_adapter(
@@ -85,8 +86,9 @@ def resize(
         for item in report:
             click.echo(
                 f"{item.name}: rank {item.old_rank} -> {item.new_rank}, sum(S) retained {item.sum_retained:.1%}, "
-                f"Frobenius retained {item.fro_retained:.1%}, S[0]/S[k-1] {item.max_ratio:.3g}"
+                f"Frobenius retained {item.fit.kept:.1%}, S[0]/S[k-1] {item.max_ratio:.3g}"
             )
     ranks = sorted({item.new_rank for item in report})
     shown = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}..{ranks[-1]}"
-    click.echo(f"{path}: resized {len(report)} modules to rank {shown}")
+    fit = FitSummary(tuple(item.fit for item in report))
+    click.echo(f"{path}: resized {len(report)} modules to rank {shown}; {fit.describe()}")

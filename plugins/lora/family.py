@@ -116,6 +116,7 @@ class LoRAFamilyPlugin:
             alpha=options.get("alpha"),
             method=options.get("svd", "exact"),
             clamp_quantile=options.get("clamp_quantile"),
+            clip_budget=options.get("clip_budget"),
         )
 
     @hookimpl

@@ -34,13 +34,15 @@ def lora_factors(
     alpha: float | None = None,
     method: str = "exact",
     clamp_quantile: float | None = None,
+    clip_budget: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Module tensors whose :func:`lora_delta` is the best rank-``rank`` fit of ``delta``.
 
     ``alpha`` defaults to the rank (scale 1, as kohya's extract writes); another alpha is
-    compensated in ``lora_up`` so the delta is unchanged.
+    compensated in ``lora_up`` so the delta is unchanged. ``clamp_quantile`` and ``clip_budget``
+    are those of :func:`adapters_core.linalg.low_rank_factors`.
     """
-    up, down = low_rank_factors(delta, rank, method=method, clamp_quantile=clamp_quantile)
+    up, down = low_rank_factors(delta, rank, method=method, clamp_quantile=clamp_quantile, clip_budget=clip_budget)
     k = down.shape[0]
     alpha_value = float(k) if alpha is None else float(alpha)
     up = up / lora_scale(alpha_value, k)

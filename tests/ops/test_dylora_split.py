@@ -57,7 +57,7 @@ def test_split_writes_each_rank_with_alpha_unchanged(tiny: TinyFiles, tmp_path: 
 def test_split_refuses_bad_units_existing_outputs_and_other_types(
     tiny: TinyFiles, tmp_path: Path, adapt, fulldelta: str
 ) -> None:
-    source = write_file(tmp_path / "dy.safetensors", random_lora(tiny.model, dim=4, seed=6))
+    source = write_file(tmp_path / "dy.safetensors", random_lora(tiny.model, dim=4, seed=6), DYLORA_METADATA)
     out = tmp_path / "out.safetensors"
     code, _, err = adapt("extract", "--from_dylora", source, "--unit", 4, "--save_to", out)
     assert code == 2 and "leaves no smaller rank" in error_line(err)
@@ -68,6 +68,20 @@ def test_split_refuses_bad_units_existing_outputs_and_other_types(
     assert code == 2 and "out-0002.safetensors: output exists" in error_line(err)
     assert not (tmp_path / "out-0001.safetensors").exists()
     assert len(split_dylora(source, unit=1, save_to=out, overwrite=True)) == 3
-    other = write_file(tmp_path / "full.safetensors", fulldelta_tensors(tiny.model))
+    other = write_file(tmp_path / "full.safetensors", fulldelta_tensors(tiny.model), DYLORA_METADATA)
     code, _, err = adapt("extract", "--from_dylora", other, "--unit", 1, "--save_to", tmp_path / "f.safetensors")
     assert code == 2 and "lora_down/lora_up" in error_line(err)
+
+
+def test_split_refuses_a_file_that_is_not_a_dylora(tiny: TinyFiles, tmp_path: Path, adapt) -> None:
+    tensors = random_lora(tiny.model, dim=4, seed=7)
+    for name, metadata in (("plain", {"ss_network_module": "networks.lora"}), ("bare", {})):
+        source = write_file(tmp_path / f"{name}.safetensors", tensors, metadata)
+        code, stdout, err = adapt("extract", "--from_dylora", source, "--unit", 1, "--save_to", tmp_path / "o.safetensors")
+        found = "'networks.lora'" if metadata else "no ss_network_module"
+        assert code == 2 and stdout == ""
+        assert error_line(err) == (
+            f"adapt: error: {source}: not a DyLoRA file (metadata has {found}, expected 'networks.dylora'); "
+            "only a DyLoRA's first components form lower-rank adapters (use adapt resize for others)"
+        )
+        assert list(tmp_path.glob("o*")) == []

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from output_support import assert_fit_matches, assert_refused_non_finite, write_non_finite
 from tool_support import (  # noqa: F401 - fixtures
     TinyFiles,
     adapt,
@@ -57,6 +58,7 @@ def test_resize_keeps_the_scale_and_is_the_best_fit(tiny: TinyFiles, tmp_path: P
     assert code == 0
     assert "Frobenius retained" in stdout and "rank 8 -> 3" in stdout
     adapter = read_adapter(out)
+    pairs = {}
     for name, module in modules_of(tensors).items():
         shape = torch.Size((module["lora_up.weight"].shape[0], *module["lora_down.weight"].shape[1:]))
         old = reference_delta(module, shape)
@@ -68,6 +70,9 @@ def test_resize_keeps_the_scale_and_is_the_best_fit(tiny: TinyFiles, tmp_path: P
         assert float(new_module["alpha"]) == pytest.approx(old_scale * k)  # alpha = s * k: same scale
         error = float(torch.linalg.vector_norm(reference_delta(new_module, shape) - old))
         assert error == pytest.approx(truncation_error(old, k), rel=1e-4, abs=1e-7)
+        pairs[name] = (old, reference_delta(new_module, shape))
+    fit = assert_fit_matches(stdout, pairs)  # the summary line: share kept, overall and worst layer
+    assert 0.0 < fit.worst_kept < fit.kept < 1.0
     meta = adapter.metadata
     assert meta["ss_network_dim"] == "3" and meta["ss_seed"] == "42"
     assert meta["ss_training_comment"].startswith("dimension is resized from Dynamic to 3")
@@ -85,7 +90,7 @@ def test_dynamic_resize_writes_dynamic_metadata(tiny: TinyFiles, tmp_path: Path)
     path, report = resize_adapter(
         source, save_to=tmp_path / "d.safetensors", new_rank=8, dynamic_method="sv_fro", dynamic_param=0.7
     )
-    assert all(item.fro_retained >= 0.7 - 1e-6 for item in report)
+    assert all(item.fit.kept >= 0.7 - 1e-6 for item in report)
     assert len({item.new_rank for item in report}) > 1
     assert read_adapter(path).metadata["ss_network_dim"] == "Dynamic"
 
@@ -112,3 +117,11 @@ def test_bad_dynamic_settings(tiny: TinyFiles, tmp_path: Path, adapt) -> None:
     )
     assert code == 2 and "fraction" in error_line(err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_non_finite_adapters_are_refused(tiny: TinyFiles, tmp_path: Path, adapt, bad: float) -> None:
+    key = "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"
+    broken = write_non_finite(tmp_path / "broken.safetensors", random_lora(tiny.model, seed=4), key, bad)
+    out = tmp_path / "out.safetensors"
+    assert_refused_non_finite(adapt, ("resize", "--model", broken, "--save_to", out, "--new_rank", 2), broken, key, out)
