@@ -59,9 +59,7 @@ class GeneratedImage:
 
 def encode_prompts(pipe: Any, job: PromptJob, settings: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditioning of the prompt and of the negative prompt, ``[1, tokens, dim]`` each."""
-    layers = pipe.text_encoder.config.num_hidden_layers
-    if settings.clip_skip is not None and not 1 <= settings.clip_skip <= layers:
-        raise ConfigError(f"--clip_skip {settings.clip_skip}: expected 1 to {layers} (the text encoder's layers)")
+    text.check_clip_skip(pipe.text_encoder, settings.clip_skip)
     clip_skip = settings.clip_skip if settings.clip_skip and settings.clip_skip > 1 else None
     ids = text.tokenize(pipe.tokenizer, [job.prompt, job.negative_prompt], settings.max_token_length)
     with torch.no_grad():
@@ -184,6 +182,7 @@ def generate_to_folder(
     model = load_sd_model(
         model_path, v2=v2, v_parameterization=v_parameterization, dtype=dtype, tokenizer_path=tokenizer, device=device
     )
+    text.check_clip_skip(model.text_encoder, settings.clip_skip)
     pipe = to_pipeline(model, settings.sampler)
     networks = load_networks(pipe, network_weights, network_mul, merge=merge)
     folder = Path(outdir)

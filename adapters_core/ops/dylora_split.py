@@ -20,6 +20,9 @@ from adapters_core.ops.factors import factors_of, first_components
 from adapters_core.ops.outputs import ModuleOut, adapter_metadata, write_adapter
 
 
+DYLORA_MODULE = "networks.dylora"  # what kohya's train_network.py records for a DyLoRA
+
+
 def split_paths(save_to: str | os.PathLike[str], ranks: list[int]) -> list[Path]:
     """``out.safetensors`` -> ``out-0004.safetensors``, ``out-0008.safetensors`` ..."""
     base = Path(save_to)
@@ -39,6 +42,12 @@ def split_dylora(
         raise ConfigError(f"--unit {unit}: must be a positive rank step")
     dtype = precision_dtype(save_precision)
     adapter = read_adapter(model)
+    recorded = adapter.metadata.get("ss_network_module")
+    if recorded and recorded != DYLORA_MODULE:  # files without metadata are taken at their word
+        raise ConfigError(
+            f"{model}: not a DyLoRA file (ss_network_module is '{recorded}', expected '{DYLORA_MODULE}'); "
+            "only a DyLoRA's first k rank components form a rank-k adapter"
+        )
     factors = {}
     for name, tensors in adapter.modules.items():
         found = factors_of(adapter.network, tensors, f"{model}: {name}")

@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from adapters_core.atomic import atomic_path
+from adapters_core.atomic import atomic_path, check_writable
 from adapters_core.errors import ConfigError, DatasetError, OutputExistsError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
@@ -198,7 +198,7 @@ def resize_images(
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise OutputExistsError(f"{existing[0]}: output exists{more}; pass --overwrite to replace it")
-    dst.mkdir(parents=True, exist_ok=True)
+    check_writable(dst / "image", overwrite=True)  # before any work; the first write makes the folder
 
     report = ResizeReport()
     for path in others:

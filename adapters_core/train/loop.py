@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from adapters_core.errors import ConfigError, TrainingDivergedError
 from adapters_core.formats import precision_dtype
-from adapters_core.train import components, sampling
+from adapters_core.train import components, sampling, text
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.checkpoints import Checkpoints
 from adapters_core.train.dataset import dataset_metadata
@@ -126,6 +126,7 @@ class Trainer:
     def _prepare_model(self) -> None:
         args, acc = self.args, self.accelerator
         self.model = components.load_base_model(args, acc.device)
+        text.check_clip_skip(self.model.text_encoder, args.clip_skip)
         if self.cache is not None:
             self.cache.fill(
                 self.dataset,

@@ -53,6 +53,13 @@ def final_layer_norm(text_encoder: nn.Module) -> nn.Module:
     return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
 
 
+def check_clip_skip(text_encoder: nn.Module, clip_skip: int | None) -> None:
+    """Refuse a ``--clip_skip`` beyond the text encoder's depth (before any work is done)."""
+    layers = text_encoder.config.num_hidden_layers
+    if clip_skip is not None and not 1 <= clip_skip <= layers:
+        raise ConfigError(f"--clip_skip {clip_skip}: expected 1 to {layers} (the text encoder's layers)")
+
+
 def encode(text_encoder: nn.Module, input_ids: torch.Tensor, clip_skip: int | None = None) -> torch.Tensor:
     """Conditioning [B, L, D] from ids [B, chunks, 77]; L = 77, or 2 + 75 * chunks for long captions."""
     batch, chunks, window = input_ids.shape
