@@ -219,17 +219,19 @@ def write_diffusers(
         key = f"{structure.component(name)}.{structure.format_path(name)}"
         tensors[f"{key}.lora_A.weight"] = down
         tensors[f"{key}.lora_B.weight"] = (up.float() * scale).to(up.dtype)
-    if folded:
-        log.info("%s: diffusers files carry no alpha; alpha/rank folded into lora_B of %d modules", path, folded)
     metadata = {"format": "pt", **{k: v for k, v in lora.metadata.items() if k.startswith("modelspec.")}}
     target = Path(path)
     if target.suffix.lower() == SAFETENSORS_SUFFIX:
         save_adapter(target, tensors, metadata=metadata, dtype=dtype, overwrite=overwrite)
-        return target
-    with atomic_path(target, overwrite=overwrite) as tmp:
-        tmp.mkdir()
-        save_adapter(tmp / DIFFUSERS_WEIGHT_NAME, tensors, metadata=metadata, dtype=dtype)
-    return target / DIFFUSERS_WEIGHT_NAME
+        written = target
+    else:
+        with atomic_path(target, overwrite=overwrite) as tmp:
+            tmp.mkdir()
+            save_adapter(tmp / DIFFUSERS_WEIGHT_NAME, tensors, metadata=metadata, dtype=dtype)
+        written = target / DIFFUSERS_WEIGHT_NAME
+    if folded:  # said once the file is written: a failed write leaves one error line alone
+        log.info("%s: diffusers files carry no alpha; alpha/rank folded into lora_B of %d modules", written, folded)
+    return written
 
 
 def peft_config(lora: LoRASet, structure: ModelStructure, names: list[str]) -> dict[str, Any]:

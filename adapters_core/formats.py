@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,9 @@ def torch_load_weights(path: Path, *, mmap: bool = False) -> object:
     tensors and plain containers is refused (it is never executed), a truncated or corrupt file
     is named as such."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's note on a bare pickle's protocol is not the user's concern
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
             raise FormatError(

@@ -182,6 +182,7 @@ def generate_to_folder(
     model = load_sd_model(
         model_path, v2=v2, v_parameterization=v_parameterization, dtype=dtype, tokenizer_path=tokenizer, device=device
     )
+    text.check_clip_skip(model.text_encoder, settings.clip_skip)
     pipe = to_pipeline(model, settings.sampler)
     networks = load_networks(pipe, network_weights, network_mul, merge=merge)
     folder = Path(outdir)

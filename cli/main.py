@@ -80,6 +80,12 @@ def _flag(error: click.BadParameter) -> str:
     return str(error.param_hint or "value")
 
 
+def _usage_error(error: click.UsageError) -> None:
+    command = f"{error.ctx.command_path}: " if error.ctx is not None else ""
+    hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+    _error(f"{command}{error.format_message()}{hint}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (see the module docstring)."""
     try:
@@ -95,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("adapt: interrupted", err=True)
         return EXIT_INTERRUPTED
     except click.BadParameter as error:
-        _error(f"{_flag(error)}: {error.message}")
+        if isinstance(error, click.MissingParameter):  # no message of its own: click words it
+            _usage_error(error)
+        else:
+            _error(f"{_flag(error)}: {error.message}")
         return EXIT_USAGE
     except click.UsageError as error:
-        command = f"{error.ctx.command_path}: " if error.ctx is not None else ""
-        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-        _error(f"{command}{error.format_message()}{hint}")
+        _usage_error(error)
         return EXIT_USAGE
     except click.ClickException as error:
         _error(error.format_message())

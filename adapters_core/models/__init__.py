@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # adapt shows its own progress, not the libraries'
 
 from adapters_core.models.components import SDModel  # noqa: E402
 from adapters_core.models.loader import load_sd_model  # noqa: E402

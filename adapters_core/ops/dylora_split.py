@@ -24,6 +24,9 @@ from adapters_core.ops.outputs import ModuleOut, adapter_metadata, write_adapter
 DYLORA_MODULE = "networks.dylora"  # the ss_network_module kohya's DyLoRA writes
 
 
+DYLORA_MODULE = "networks.dylora"  # what kohya's train_network.py records for a DyLoRA
+
+
 def split_paths(save_to: str | os.PathLike[str], ranks: list[int]) -> list[Path]:
     """``out.safetensors`` -> ``out-0004.safetensors``, ``out-0008.safetensors`` ..."""
     base = Path(save_to)

@@ -33,8 +33,11 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping names
 
 
-def merge_module(adapter: Adapter, name: str, weight: torch.Tensor, ratio: float) -> torch.Tensor:
-    """One module merged into ``weight`` through the type's ``merge_weights`` hook."""
+def merge_module(
+    adapter: Adapter, name: str, weight: torch.Tensor, ratio: float, save_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """One module merged into ``weight`` through the type's ``merge_weights`` hook; refused when
+    the result is not finite, in the merge precision or once cast to ``save_dtype``."""
     try:
         merged = get_registry().hook.merge_weights(
             network=adapter.network, tensors=adapter.modules[name], weight=weight, ratio=ratio
@@ -43,20 +46,13 @@ def merge_module(adapter: Adapter, name: str, weight: torch.Tensor, ratio: float
         raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
     if merged is None:
         raise UnknownNetworkError(f"network type '{adapter.network}': no installed plugin merges its modules")
-    if not torch.isfinite(merged.sum(dtype=torch.float32)):  # NaN/inf reach the sum: one pass, no mask
-        raise NonFiniteError(f"{adapter.path}: {name}: merging gives non-finite weights; nothing was written")
-    return merged
-
-
-def finite_in(dtype: torch.dtype, key: str, merged: torch.Tensor) -> torch.Tensor:
-    """``merged`` cast to the output dtype, refused when the cast overflows (e.g. fp16 above 65504)."""
-    cast = merged.to(dtype)
-    if not torch.isfinite(cast.sum(dtype=torch.float32)):
+    saved = merged if save_dtype is None else merged.to(save_dtype)
+    if not torch.isfinite(saved.sum(dtype=torch.float32)):  # NaN/inf reach the sum: one pass, no mask
         raise NonFiniteError(
-            f"{key}: the merged weight is not finite in {str(dtype).removeprefix('torch.')} (an adapter with "
-            "extreme values, or a ratio too large?); nothing was written"
+            f"{adapter.path}: {name}: merging gives non-finite weights in {str(saved.dtype).removeprefix('torch.')}; "
+            "nothing was written"
         )
-    return cast
+    return merged
 
 
 def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> None:
@@ -239,8 +235,8 @@ def _merge_streaming(
             for i, name in enumerate(held):
                 for adapter, ratio in zip(adapters, ratios, strict=True):
                     if name in adapter.modules:
-                        parts[i] = merge_module(adapter, name, parts[i], ratio)
-            return finite_in(save_dtype, key, torch.cat(parts) if len(parts) > 1 else parts[0])
+                        parts[i] = merge_module(adapter, name, parts[i], ratio, save_dtype)
+            return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
 
         keys = list(reader)
         with atomic_path(target, overwrite) as tmp, _threads(torch.get_num_threads() - 1):
@@ -280,8 +276,7 @@ def _merge_loaded(
     with torch.no_grad(), progress_bar(len(jobs), "merging") as bar:
         for adapter, ratio, name in jobs:
             weight = layer_weight(targets[name])
-            weight.copy_(merge_module(adapter, name, weight, ratio))
-            finite_in(save_dtype, name, weight)
+            weight.copy_(merge_module(adapter, name, weight, ratio, save_dtype))
             bar.update()
     if target.suffix.lower() in SINGLE_FILE_SUFFIXES:
         metadata = modelspec_metadata(

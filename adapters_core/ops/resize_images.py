@@ -198,8 +198,7 @@ def resize_images(
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise OutputExistsError(f"{existing[0]}: output exists{more}; pass --overwrite to replace it")
-    for target in outputs[:1]:
-        check_writable(target, overwrite=True)  # a file in the way or a read-only place: one line, nothing made
+    check_writable(dst / "image", overwrite=True)  # before any work; the first write makes the folder
 
     report = ResizeReport()
     for path in others:

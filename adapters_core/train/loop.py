@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from adapters_core.errors import ConfigError, TrainingDivergedError
 from adapters_core.formats import precision_dtype
-from adapters_core.train import components, sampling
+from adapters_core.train import components, sampling, text
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.checkpoints import Checkpoints
 from adapters_core.train.dataset import dataset_metadata
@@ -45,7 +45,6 @@ from adapters_core.train.saving import (
 from adapters_core.train.schedulers import ScheduleSpec, build_lr_scheduler
 from adapters_core.train.state import load_state, read_resume_point
 from adapters_core.train.step import StepContext, compute_loss, encode_captions
-from adapters_core.train.text import check_clip_skip
 from adapters_core.train.text_cache import TextEncoderCache, check_cacheable, encoder_fingerprint
 
 log = logging.getLogger(__name__)
@@ -139,7 +138,7 @@ class Trainer:
     def _prepare_model(self) -> None:
         args, acc = self.args, self.accelerator
         self.model = components.load_base_model(args, acc.device)
-        check_clip_skip(self.model.text_encoder, args.clip_skip)
+        text.check_clip_skip(self.model.text_encoder, args.clip_skip)
         if self.cache is not None:
             self.cache.fill(
                 self.dataset,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
     INPUT_PATH,
+    check_suffix,
     kohya_option,
     overwrite_option,
     refuse_existing,
@@ -47,6 +49,9 @@ def convert(
     A kohya output whose Linear/1x1 modules differ in alpha gets alpha/rank folded into lora_up
     (alpha = rank), because diffusers would apply the wrong scale to it otherwise.
     """
+    if to != "peft":  # a diffusers output without extension is a folder; PEFT always writes a folder
+        allowed = (".safetensors",) if to == "diffusers" else ADAPTER_SUFFIXES
+        check_suffix(output, "OUTPUT", allowed, folder_allowed=to == "diffusers")
     refuse_existing(output, overwrite)
     from adapters_core.convert import convert_lora
     from adapters_core.formats import precision_dtype

@@ -22,6 +22,7 @@ from adapt_cli.options import (
     kohya_option,
 )
 
+from adapters_core.atomic import check_writable
 from adapters_core.choices import SAMPLER_NAMES
 from adapters_core.errors import ConfigError, OutputError
 from adapters_core.generate_prompts import (
@@ -86,6 +87,7 @@ def generate(
         raise ConfigError("give either --prompt or --from_file")
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"--outdir {outdir}: is a file; expected a folder for the images")
+    check_writable(outdir / "image.png", overwrite=True)  # the folder (or where it will be made) takes files
     default_size = 768 if v_parameterization else 512
     base = PromptJob(
         prompt="", negative_prompt=negative_prompt, width=width or height or default_size,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from adapt_cli.options import kohya_option, overwrite_option
+from adapt_cli.options import POSITIVE_INT, SEED, kohya_option, overwrite_option
 
 
 @click.command("quickstart")
@@ -17,8 +17,8 @@ from adapt_cli.options import kohya_option, overwrite_option
     show_default=True,
     help="Work folder: model/, data/ and output/ are written there.",
 )
-@kohya_option("--max_train_steps", type=int, default=None, help="Training steps (default 120).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@kohya_option("--max_train_steps", type=POSITIVE_INT, default=None, help="Training steps (default 120).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @overwrite_option()
 def quickstart(output_dir: Path, max_train_steps: int | None, seed: int, overwrite: bool) -> None:
     """Write the tiny demo model and dataset, train a LoRA on them, and show it learned.
