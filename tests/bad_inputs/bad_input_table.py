@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 
 @dataclass(frozen=True)
@@ -67,11 +66,6 @@ def existing(name: str) -> Callable[[Where], None]:
         path.write_text("an earlier result\n")
 
     return make
-
-
-def known_bug(case: Case, reason: str) -> object:
-    """A case the code fails today: kept in the table, expected to fail until fixed."""
-    return pytest.param(case, id=case.id, marks=pytest.mark.xfail(strict=True, reason=reason))
 
 
 # -- command-line builders -----------------------------------------------------------------------
