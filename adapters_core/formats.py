@@ -206,6 +206,11 @@ def prepare_tensors(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | No
     return prepared
 
 
+def tensor_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """The bytes the tensors take on disk (what a file of them needs, headers aside)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def save_adapter(
     path: str | os.PathLike[str],
     tensors: Mapping[str, torch.Tensor],
@@ -220,7 +225,7 @@ def save_adapter(
     if suffix not in (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES):
         raise FormatError(f"{target}: unknown output type '{target.suffix}'; use .safetensors, .ckpt or .pt")
     prepared = prepare_tensors(tensors, dtype)
-    with atomic_path(target, overwrite=overwrite) as tmp:
+    with atomic_path(target, overwrite=overwrite, expected_bytes=tensor_bytes(prepared)) as tmp:
         if suffix == SAFETENSORS_SUFFIX:
             meta = {key: str(value) for key, value in (metadata or {}).items()}
             meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(prepared, meta)

@@ -17,6 +17,7 @@ from adapters_core.formats import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIX,
     first_line,
+    tensor_bytes,
     torch_load_weights,
 )
 from adapters_core.models.components import SDModel
@@ -128,7 +129,7 @@ def save_single_file(
                     tensors[key] = load(key)
     cast = {"dtype": dtype} if dtype is not None else {}
     tensors = {k: v.to("cpu", **cast) if v.is_floating_point() else v.cpu() for k, v in tensors.items()}
-    with atomic_path(path, overwrite) as tmp:
+    with atomic_path(path, overwrite, expected_bytes=tensor_bytes(tensors)) as tmp:
         if suffix in SAFETENSORS_SUFFIXES:
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
         else:
@@ -183,6 +184,7 @@ def save_diffusers(model: SDModel, folder: PathLike, *, overwrite: bool = False)
     """
     folder = Path(folder)
     pipe = build_pipeline(model, scheduler_for_saving(model))
-    with atomic_path(folder, overwrite) as tmp:
+    weights = sum(tensor_bytes(m.state_dict()) for m in (model.unet, model.text_encoder, model.vae))
+    with atomic_path(folder, overwrite, expected_bytes=weights) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     return folder
