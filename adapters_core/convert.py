@@ -16,38 +16,19 @@ from pathlib import Path
 
 import torch
 
-from adapters_core.convert_formats import detect_format, read_diffusers, read_peft, write_diffusers, write_peft
+from adapters_core.adapter_source import FORMATS, read_lora
+from adapters_core.convert_formats import write_diffusers, write_peft
 from adapters_core.errors import ConfigError, FormatError
-from adapters_core.formats import load_adapter
-from adapters_core.lora_set import DOWN, LoRASet, lora_set_from_kohya, write_kohya
+from adapters_core.lora_set import DOWN, LoRASet, write_kohya
 from adapters_core.structure import ModelStructure, model_structure, naming_structure
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("kohya", "diffusers", "peft")
-
 
 @dataclass(frozen=True)
 class ConvertResult:
     source_format: str
     output: Path
     modules: int
-
-
-def read_lora(path: str | os.PathLike[str], source_format: str = "auto") -> LoRASet:
-    """A LoRA file or folder in any supported format (``auto`` detects it)."""
-    source = Path(path)
-    if not source.exists():
-        raise FormatError(f"{source}: no such file or folder")
-    fmt = detect_format(source) if source_format == "auto" else source_format
-    if fmt == "kohya":
-        loaded = load_adapter(source)
-        return lora_set_from_kohya(loaded.tensors, loaded.metadata, str(source))
-    if fmt == "diffusers":
-        return read_diffusers(source)
-    if fmt == "peft":
-        return read_peft(source)
-    raise ConfigError(f"--from {source_format}: expected auto, {', '.join(FORMATS)}")
 
 
 def _is_v2(lora: LoRASet) -> bool:

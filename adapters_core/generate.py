@@ -148,6 +148,7 @@ def generate_to_folder(
     network_weights: Sequence[str | os.PathLike[str]] = (),
     network_mul: Sequence[float] | None = None,
     merge: bool = False,
+    allow_unmatched: bool = False,
     v2: bool | None = None,
     v_parameterization: bool | None = None,
     tokenizer: str | os.PathLike[str] | None = None,
@@ -159,7 +160,7 @@ def generate_to_folder(
         model_path, v2=v2, v_parameterization=v_parameterization, dtype=dtype, tokenizer_path=tokenizer, device=device
     )
     pipe = to_pipeline(model, settings.sampler)
-    networks = load_networks(pipe, network_weights, network_mul, merge=merge)
+    networks = load_networks(pipe, network_weights, network_mul, merge=merge, allow_unmatched=allow_unmatched)
     folder = Path(outdir)
     folder.mkdir(parents=True, exist_ok=True)
     model_name = Path(model_path).stem if Path(model_path).is_file() else Path(model_path).name

@@ -32,6 +32,8 @@ from adapters_core.models.pipeline import SCHEDULERS
               help="Accepted for kohya's gen_img command lines and ignored: each file's type is detected from its keys.")
 @click.option("--merge", "--network_merge", "merge", is_flag=True,
               help="Merge the adapters into the weights instead of patching the layers (faster, same images).")
+@kohya_option("--allow_unmatched", is_flag=True,
+              help="Apply the modules that name a layer of the model and list the others (default: stop).")
 @click.option("--prompt", default=None, help="The prompt (may carry per-line options such as --n).")
 @kohya_option("--negative_prompt", default="", help="Negative prompt (a prompt line's --n overrides it).")
 @kohya_option("--from_file", type=click.Path(path_type=Path), default=None,
@@ -58,7 +60,7 @@ from adapters_core.models.pipeline import SCHEDULERS
               help="Model precision.")
 def generate(
     model: Path, network_weights: tuple[Path, ...], network_mul: tuple[float, ...],
-    merge: bool, prompt: str | None, negative_prompt: str, from_file: Path | None, steps: int, scale: float,
+    merge: bool, allow_unmatched: bool, prompt: str | None, negative_prompt: str, from_file: Path | None, steps: int, scale: float,
     width: int | None, height: int | None, seed: int | None, sampler: str, batch_count: int, images_per_prompt: int,
     outdir: Path, v2: bool, v_parameterization: bool, tokenizer: Path | None, clip_skip: int | None,
     max_token_length: str | None, device: str | None, dtype: str,
@@ -89,6 +91,7 @@ def generate(
         network_weights=list(network_weights),
         network_mul=list(network_mul) or None,
         merge=merge,
+        allow_unmatched=allow_unmatched,
         v2=True if v2 else None,
         v_parameterization=True if v_parameterization else None,
         tokenizer=tokenizer,

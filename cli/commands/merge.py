@@ -46,6 +46,9 @@ from adapters_core.ops.merge_model import merge_into_model
 )
 @kohya_option("--concat", is_flag=True, help="Stack the ranks: the written adapter is the exact sum of the deltas.")
 @kohya_option("--shuffle", is_flag=True, help="Permute the rank components of the merged adapter.")
+@kohya_option("--allow_unmatched", is_flag=True,
+              help="With --sd_model: merge the modules that name a layer of the model and list the others "
+              "(default: stop when a module names no layer).")
 @overwrite_option()
 def merge(
     sd_model: Path | None,
@@ -58,6 +61,7 @@ def merge(
     v_parameterization: bool | None,
     concat: bool,
     shuffle: bool,
+    allow_unmatched: bool,
     overwrite: bool,
 ) -> None:
     """Merge adapters into a checkpoint (W += ratio * delta) or into one adapter.
@@ -79,6 +83,7 @@ def merge(
             v2=v2,
             v_parameterization=v_parameterization,
             overwrite=overwrite,
+            allow_unmatched=allow_unmatched,
         )
         click.echo(f"{path}: merged {len(models)} adapter(s) into {sd_model}")
         return
