@@ -17,18 +17,34 @@ from pathlib import Path
 import torch
 
 from adapters_core.adapter_source import FORMATS, read_lora
-from adapters_core.convert_formats import write_diffusers, write_peft
+from adapters_core.convert_formats import DIFFUSERS_LAYOUTS, write_diffusers, write_peft
 from adapters_core.errors import ConfigError, FormatError
 from adapters_core.lora_set import DOWN, LoRASet, write_kohya
 from adapters_core.structure import ModelStructure, model_structure, naming_structure
 
 log = logging.getLogger(__name__)
 
+# Which loaders read each output (measured: diffusers 0.42 ``load_lora_weights``; ComfyUI's
+# LoRA key map places diffusers keys only as ``unet.<attn>.processor.to_q...`` for attention).
+READERS: dict[tuple[str, str | None], str] = {
+    ("kohya", None): "A1111, ComfyUI, diffusers (load_lora_weights), sd-scripts and adapt read it",
+    ("diffusers", "peft"): "diffusers (load_lora_weights) and adapt read it",
+    ("diffusers", "comfyui"): "diffusers (load_lora_weights), ComfyUI and adapt read it",
+    ("peft", None): "PEFT (PeftModel.from_pretrained on each component folder) and adapt read it",
+}
+COMFYUI_WARNING = (
+    "ComfyUI ignores the U-Net attention modules (to_q/to_k/to_v/to_out) of the peft layout without an error; "
+    "--layout comfyui writes keys that ComfyUI and diffusers both read"
+)
+
+
 @dataclass(frozen=True)
 class ConvertResult:
     source_format: str
     output: Path
     modules: int
+    readers: str  # which loaders read the output
+    warning: str | None = None  # one line when a common loader would skip part of it
 
 
 def _is_v2(lora: LoRASet) -> bool:
@@ -52,6 +68,7 @@ def convert_lora(
     model: str | os.PathLike[str] | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
+    layout: str = "peft",
 ) -> ConvertResult:
     """Convert ``source`` to format ``to`` at ``output`` (a file for kohya, a ``.safetensors``
     file or folder for diffusers, a folder for PEFT)."""
@@ -73,9 +90,15 @@ def convert_lora(
         written = Path(output)
     elif to == "diffusers":
         assert naming is not None
-        written = write_diffusers(lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite)
+        if layout not in DIFFUSERS_LAYOUTS:
+            raise ConfigError(f"--layout {layout}: expected one of {', '.join(DIFFUSERS_LAYOUTS)}")
+        written = write_diffusers(
+            lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite, layout=layout
+        )
     else:
         assert naming is not None
         written = write_peft(lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite)
     log.info("%s (%s) -> %s (%s): %d modules", source, lora.source_format, written, to, len(lora.modules))
-    return ConvertResult(lora.source_format, written, len(lora.modules))
+    readers = READERS[(to, layout if to == "diffusers" else None)]
+    warning = COMFYUI_WARNING if to == "diffusers" and layout == "peft" else None
+    return ConvertResult(lora.source_format, written, len(lora.modules), readers, warning)
