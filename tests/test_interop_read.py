@@ -201,6 +201,7 @@ def test_check_and_inspect_read_it(files, kind, capsys):
     assert code == 0, err
     info = json.loads(out)
     assert info["modules"] == len(deltas)
+    assert info["source_format"] == {"diffusers-folder": "diffusers", "locon": "kohya", "loha": "kohya"}.get(kind, kind)
     norms = {module["name"]: module["norm"] for module in info["module_list"]}
     for name, delta in deltas.items():
         assert norms[name] == pytest.approx(float(delta.detach().norm()), rel=1e-4), name

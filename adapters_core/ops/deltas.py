@@ -45,6 +45,7 @@ class Adapter:
     network: str
     modules: dict[str, ModuleTensors]
     metadata: dict[str, str]
+    source_format: str = "kohya"  # how the file stored them: kohya, diffusers or peft
 
     @property
     def title(self) -> str:
@@ -85,7 +86,7 @@ def read_adapter(path: str | os.PathLike[str]) -> Adapter:
         if name in modules:
             raise FormatError(f"{path}: module {raw_name} is stored twice (also under another spelling of {name})")
         modules[name] = tensors
-    return Adapter(Path(path), network, modules, loaded.metadata)
+    return Adapter(Path(path), network, modules, loaded.metadata, loaded.source_format)
 
 
 def read_adapters(paths: Sequence[str | os.PathLike[str]]) -> list[Adapter]:
