@@ -1,9 +1,9 @@
 """``adapt inspect``: what an adapter file holds, for people (text) and scripts (JSON).
 
-Type (``detect_network``), source format (kohya, diffusers, peft), base model (metadata), modules and keys per block (the 25-block
-index; ``TE`` for the text encoder), ranks and alphas (``module_options_from_tensors``), the
-Frobenius norm of each module's delta (``delta_weight`` at the layer shape that
-:class:`~adapters_core.ops.deltas.LayerShapes` finds) and the metadata.
+Type (``detect_network``), source format (kohya, diffusers, peft), base model (metadata),
+modules and keys per block (the 25-block index; ``TE`` for the text encoder), ranks and alphas
+(``module_options_from_tensors``), the Frobenius norm of each module's delta (``delta_weight``
+at the layer shape that :class:`~adapters_core.ops.deltas.LayerShapes` finds) and the metadata.
 """
 
 from __future__ import annotations
