@@ -7,7 +7,7 @@
 >>> face.remove()
 
 Any installed adapter type works (the file's type is detected), kohya LoRA files from any
-tool included; several networks stack on the same layers.
+tool, diffusers LoRAs and PEFT adapter folders included; several networks stack on the same layers.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ def load_networks(
     paths: Sequence[str | os.PathLike[str]],
     multipliers: Sequence[float] | None = None,
     merge: bool = False,
+    allow_unmatched: bool = False,
 ) -> list[Network]:
-    """Load adapter files onto ``pipe.unet`` and ``pipe.text_encoder`` and apply them.
+    """Load adapters (kohya, LyCORIS, diffusers or PEFT) onto ``pipe.unet`` and ``pipe.text_encoder``
+    and apply them.
 
     ``multipliers`` (default 1.0 each) must have one value per path. ``merge=False`` patches
     the layers' forwards (multipliers stay adjustable, :meth:`Network.remove` undoes it);
     ``merge=True`` adds each delta to the weights instead (no inference overhead, permanent).
+    A key that loads nowhere stops loading unless ``allow_unmatched`` (then it is logged).
     """
     count = len(paths)
     multipliers = [1.0] * count if multipliers is None else list(multipliers)
@@ -38,7 +41,10 @@ def load_networks(
         raise ConfigError(f"got {count} network files but {len(multipliers)} multipliers; give one multiplier per file")
     networks: list[Network] = []
     for path, multiplier in zip(paths, multipliers):
-        network = Network.from_file(path, unet=pipe.unet, text_encoder=pipe.text_encoder, multiplier=float(multiplier))
+        network = Network.from_file(
+            path, unet=pipe.unet, text_encoder=pipe.text_encoder, multiplier=float(multiplier),
+            allow_unmatched=allow_unmatched,
+        )
         if not any(True for _ in network.adapter_modules()):
             raise FormatError(f"{path}: none of its modules matches a layer of this model; `adapt check` tells why")
         if merge:

@@ -6,6 +6,10 @@ from __future__ import annotations
 LORA_FORMATS = ("kohya", "diffusers", "peft")
 """``adapt convert --to``: kohya keys, diffusers' ``save_lora_weights`` layout, PEFT folders."""
 
+DIFFUSERS_LAYOUTS = ("peft", "comfyui")
+"""``adapt convert --to diffusers --layout``: PEFT's ``lora_A``/``lora_B`` keys, or the attention
+processor keys (``processor.to_q_lora``) that ComfyUI places too."""
+
 PRECISION_NAMES = ("float", "fp16", "bf16")
 """``--precision`` / ``--save_precision`` / ``--dtype`` of the tools."""
 

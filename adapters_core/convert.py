@@ -16,16 +16,27 @@ from pathlib import Path
 
 import torch
 
-from adapters_core.choices import LORA_FORMATS
-from adapters_core.convert_formats import detect_format, read_diffusers, read_peft, write_diffusers, write_peft
+from adapters_core.adapter_source import FORMATS, read_lora
+from adapters_core.choices import DIFFUSERS_LAYOUTS
+from adapters_core.convert_formats import write_diffusers, write_peft
 from adapters_core.errors import ConfigError, FormatError
-from adapters_core.formats import load_adapter
-from adapters_core.lora_set import DOWN, LoRASet, lora_set_from_kohya, write_kohya
+from adapters_core.lora_set import DOWN, LoRASet, write_kohya
 from adapters_core.structure import ModelStructure, model_structure, naming_structure
 
 log = logging.getLogger(__name__)
 
-FORMATS = LORA_FORMATS
+# Which loaders read each output (measured: diffusers 0.42 ``load_lora_weights``; ComfyUI's
+# LoRA key map places diffusers keys only as ``unet.<attn>.processor.to_q...`` for attention).
+READERS: dict[tuple[str, str | None], str] = {
+    ("kohya", None): "A1111, ComfyUI, diffusers (load_lora_weights), sd-scripts and adapt read it",
+    ("diffusers", "peft"): "diffusers (load_lora_weights) and adapt read it",
+    ("diffusers", "comfyui"): "diffusers (load_lora_weights), ComfyUI and adapt read it",
+    ("peft", None): "PEFT (PeftModel.from_pretrained on each component folder) and adapt read it",
+}
+COMFYUI_WARNING = (
+    "ComfyUI ignores the U-Net attention modules (to_q/to_k/to_v/to_out) of the peft layout without an error; "
+    "--layout comfyui writes keys that ComfyUI and diffusers both read"
+)
 
 
 @dataclass(frozen=True)
@@ -33,22 +44,8 @@ class ConvertResult:
     source_format: str
     output: Path
     modules: int
-
-
-def read_lora(path: str | os.PathLike[str], source_format: str = "auto") -> LoRASet:
-    """A LoRA file or folder in any supported format (``auto`` detects it)."""
-    source = Path(path)
-    if not source.exists():
-        raise FormatError(f"{source}: no such file or folder")
-    fmt = detect_format(source) if source_format == "auto" else source_format
-    if fmt == "kohya":
-        loaded = load_adapter(source)
-        return lora_set_from_kohya(loaded.tensors, loaded.metadata, str(source))
-    if fmt == "diffusers":
-        return read_diffusers(source)
-    if fmt == "peft":
-        return read_peft(source)
-    raise ConfigError(f"--from {source_format}: expected auto, {', '.join(FORMATS)}")
+    readers: str  # which loaders read the output
+    warning: str | None = None  # one line when a common loader would skip part of it
 
 
 def _is_v2(lora: LoRASet) -> bool:
@@ -72,6 +69,7 @@ def convert_lora(
     model: str | os.PathLike[str] | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
+    layout: str = "peft",
 ) -> ConvertResult:
     """Convert ``source`` to format ``to`` at ``output`` (a file for kohya, a ``.safetensors``
     file or folder for diffusers, a folder for PEFT)."""
@@ -93,9 +91,15 @@ def convert_lora(
         written = Path(output)
     elif to == "diffusers":
         assert naming is not None
-        written = write_diffusers(lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite)
+        if layout not in DIFFUSERS_LAYOUTS:
+            raise ConfigError(f"--layout {layout}: expected one of {', '.join(DIFFUSERS_LAYOUTS)}")
+        written = write_diffusers(
+            lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite, layout=layout
+        )
     else:
         assert naming is not None
         written = write_peft(lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite)
     log.info("%s (%s) -> %s (%s): %d modules", source, lora.source_format, written, to, len(lora.modules))
-    return ConvertResult(lora.source_format, written, len(lora.modules))
+    readers = READERS[(to, layout if to == "diffusers" else None)]
+    warning = COMFYUI_WARNING if to == "diffusers" and layout == "peft" else None
+    return ConvertResult(lora.source_format, written, len(lora.modules), readers, warning)

@@ -5,7 +5,12 @@
   ``text_encoder.text_model.<path>...`` keys, as ``save_lora_weights`` writes them. No alpha:
   alpha/rank is folded into ``lora_B``. Reading also accepts the older
   ``lora.down.weight``/``lora_linear_layer.up.weight`` spellings, per-module ``.alpha`` keys
-  and the ``lora_adapter_metadata`` LoRA config diffusers 0.33+ may store.
+  and the ``lora_adapter_metadata`` LoRA config diffusers 0.33+ may store. Two key layouts are
+  written (:data:`DIFFUSERS_LAYOUTS`): ``peft`` (``unet.<path>.lora_A.weight``, what
+  ``save_lora_weights`` writes today) and ``comfyui`` (the older attention-processor layout:
+  ``unet.<attn>.processor.to_q_lora.down.weight``, ``unet.<path>.lora.down.weight``), which
+  diffusers reads too and the only one whose U-Net attention modules ComfyUI places.
+  ``text_encoder_2.`` keys (SDXL) read as ``lora_te2_`` modules.
 - PEFT: a folder with ``unet/`` and/or ``text_encoder/``, each holding ``adapter_config.json``
   and ``adapter_model.safetensors`` (keys ``base_model.model.<path>.lora_A.weight``), as
   ``PeftModel.save_pretrained`` writes them. Paths are those of the installed model classes
@@ -28,11 +33,19 @@ import torch
 
 from adapters_core.atomic import atomic_path
 from adapters_core.errors import FormatError
+from adapters_core.features import UnsupportedFeatureError, feature_of
 from adapters_core.formats import SAFETENSORS_SUFFIX, load_adapter, read_safetensors_header, save_adapter
+from adapters_core.keys import (
+    DIFFUSERS_COMPONENTS,
+    TEXT_ENCODER_COMPONENTS,
+    UNET_COMPONENT,
+    component_module_name,
+    component_prefixes,
+)
 from adapters_core.lora_set import DOWN, UP, LoRASet, module_tensors
 from adapters_core.module import fit_tensor
 from adapters_core.structure import ModelStructure
-from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, kohya_name, text_encoder_module_path
+from adapters_core.targets import text_encoder_module_path
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +54,46 @@ DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_KEY_PREFIX = "base_model.model."
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder")  # the components adapt writes (SD 1.x/2.x)
 
 _PART_RE = re.compile(
     r"^(?P<path>.+?)\.(?:(?P<down>lora_A(?:\.\w+)?\.weight|lora\.down\.weight|lora_linear_layer\.down\.weight)"
     r"|(?P<up>lora_B(?:\.\w+)?\.weight|lora\.up\.weight|lora_linear_layer\.up\.weight)|(?P<alpha>alpha))$"
 )
+# The older attention-processor spelling: ``attn1.processor.to_q_lora.down.weight``.
+_PROCESSOR_RE = re.compile(r"\.to_(?P<proj>q|k|v|out)_lora\.(?P<part>down|up)\.weight$")
+_TE_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj"}
+_ATTENTION_PATH_RE = re.compile(r"^(?P<attn>.+\.attn\d+)\.(?P<proj>to_q|to_k|to_v|to_out\.0)$")
 Grouped = dict[tuple[str, str], dict[str, torch.Tensor]]
 
 
-def _split_key(source: object, key: str) -> tuple[str, str]:
+def _current_spelling(component: str, key: str) -> str:
+    """A key of the older attention-processor layout in today's module paths
+    (``attn1.processor.to_out_lora.up.weight`` -> ``attn1.to_out.0.lora.up.weight``)."""
+    key = key.replace(".processor.", ".")
+    match = _PROCESSOR_RE.search(key)
+    if match is not None:
+        proj = match.group("proj")
+        if component in TEXT_ENCODER_COMPONENTS:
+            layer = _TE_PROJECTIONS[proj]
+        else:
+            layer = "to_out.0" if proj == "out" else f"to_{proj}"
+        return f"{key[: match.start()]}.{layer}.lora.{match.group('part')}.weight"
+    return re.sub(r"\.to_out\.(?=lora)", ".to_out.0.", key) if component == UNET_COMPONENT else key
+
+
+def _split_key(source: object, key: str, component: str = UNET_COMPONENT) -> tuple[str, str]:
     """``down_blocks.0...to_q.lora_A.weight`` -> (``down_blocks.0...to_q``, ``down``)."""
-    match = _PART_RE.match(key)
+    match = _PART_RE.match(_current_spelling(component, key))
     if match is None:
+        feature = feature_of(key)
+        if feature is not None:
+            raise UnsupportedFeatureError(
+                f"{source}: {key}: {feature} is not implemented by any installed network type; nothing was applied"
+            )
         raise FormatError(f"{source}: key {key}: expected <module>.lora_A.weight, .lora_B.weight or .alpha")
     part = next(name for name in ("down", "up", "alpha") if match.group(name))
     return match.group("path"), part
-
-
-def kohya_module_name(component: str, path: str) -> str:
-    if component == "text_encoder":
-        return kohya_name(TEXT_ENCODER_PREFIX, text_encoder_module_path(path))
-    return kohya_name(UNET_PREFIX, path)
 
 
 def peft_alpha(config: Mapping[str, Any] | None, path: str, rank: int) -> float:
@@ -84,12 +115,13 @@ def peft_alpha(config: Mapping[str, Any] | None, path: str, rank: int) -> float:
 def _lora_set(grouped: Grouped, configs: Mapping[str, Mapping[str, Any] | None], fmt: str, source: str,
               metadata: Mapping[str, str]) -> LoRASet:
     modules: dict[str, dict[str, torch.Tensor]] = {}
+    prefixes = component_prefixes(component for component, _ in grouped)
     for (component, path), parts in grouped.items():
         if "down" not in parts or "up" not in parts:
             raise FormatError(f"{source}: module {path} has no lora_{'A' if 'down' not in parts else 'B'} weight")
         rank = int(parts["down"].shape[0])
         alpha = float(parts["alpha"]) if "alpha" in parts else peft_alpha(configs.get(component), path, rank)
-        modules[kohya_module_name(component, path)] = module_tensors(parts["down"], parts["up"], alpha)
+        modules[component_module_name(prefixes[component], component, path)] = module_tensors(parts["down"], parts["up"], alpha)
     if not modules:
         raise FormatError(f"{source}: no LoRA modules found")
     return LoRASet(modules, dict(metadata), fmt)
@@ -99,7 +131,10 @@ def _check_peft_config(source: object, config: Mapping[str, Any]) -> None:
     if config.get("peft_type", "LORA") != "LORA":
         raise FormatError(f"{source}: peft_type {config.get('peft_type')}: only LORA adapters can be converted")
     if config.get("use_dora"):
-        raise FormatError(f"{source}: a DoRA adapter (use_dora): only plain LoRA can be converted")
+        raise UnsupportedFeatureError(
+            f"{source}: use_dora: DoRA weight decomposition is not implemented by any installed network type; "
+            "nothing was applied"
+        )
 
 
 def _diffusers_configs(source: object, metadata: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -118,14 +153,19 @@ def _diffusers_configs(source: object, metadata: Mapping[str, str]) -> dict[str,
 def read_diffusers(path: Path) -> LoRASet:
     file = path / DIFFUSERS_WEIGHT_NAME if path.is_dir() else path
     loaded = load_adapter(file)
+    return diffusers_lora_set(loaded.tensors, loaded.metadata, file)
+
+
+def diffusers_lora_set(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], source: Path) -> LoRASet:
+    """The modules of a diffusers LoRA state dict (``unet.``/``text_encoder.``/``text_encoder_2.`` keys)."""
     grouped: Grouped = {}
-    for key, tensor in loaded.tensors.items():
+    for key, tensor in tensors.items():
         component, _, rest = key.partition(".")
-        if component not in COMPONENTS:
-            raise FormatError(f"{file}: key {key}: expected keys starting with unet. or text_encoder. (SD 1.x/2.x)")
-        module_path, part = _split_key(file, rest)
+        if component not in DIFFUSERS_COMPONENTS:
+            raise FormatError(f"{source}: key {key}: expected keys starting with {', '.join(DIFFUSERS_COMPONENTS)}.")
+        module_path, part = _split_key(source, rest, component)
         grouped.setdefault((component, module_path), {})[part] = tensor
-    return _lora_set(grouped, _diffusers_configs(file, loaded.metadata), "diffusers", str(file), loaded.metadata)
+    return _lora_set(grouped, _diffusers_configs(source, metadata), "diffusers", str(source), metadata)
 
 
 def _guess_component(path: str) -> str:
@@ -162,8 +202,8 @@ def read_peft(path: Path) -> LoRASet:
         loaded = load_adapter(weights)
         metadata.update(loaded.metadata)
         for key, tensor in loaded.tensors.items():
-            module_path, part = _split_key(weights, key.removeprefix(PEFT_KEY_PREFIX))
-            owner = component or _guess_component(module_path)
+            owner = component or _guess_component(key.removeprefix(PEFT_KEY_PREFIX))
+            module_path, part = _split_key(weights, key.removeprefix(PEFT_KEY_PREFIX), owner)
             configs[owner] = config
             grouped.setdefault((owner, module_path), {})[part] = tensor
     return _lora_set(grouped, configs, "peft", str(path), metadata)
@@ -182,15 +222,36 @@ def detect_format(path: Path) -> str:
         keys = list(load_adapter(path).tensors)
     if keys and all(key.startswith(("lora_unet_", "lora_te_")) for key in keys):
         return "kohya"
-    if keys and all(key.split(".", 1)[0] in COMPONENTS for key in keys):
-        return "diffusers"
-    if keys and all(key.startswith(PEFT_KEY_PREFIX) for key in keys):
-        return "peft"
+    fmt = keys_format(keys)
+    if fmt is not None:
+        return fmt
     sample = ", ".join(sorted(keys)[:2]) or "no tensors"
     raise FormatError(
         f"{path}: not a kohya (lora_unet_/lora_te_), diffusers (unet./text_encoder.) or PEFT "
         f"(base_model.model.) LoRA; keys: {sample}"
     )
+
+
+def keys_format(keys: list[str]) -> str | None:
+    """``diffusers`` or ``peft`` when every key has that layout's prefix, else ``None``."""
+    if keys and all(key.split(".", 1)[0] in DIFFUSERS_COMPONENTS for key in keys):
+        return "diffusers"
+    if keys and all(key.startswith(PEFT_KEY_PREFIX) for key in keys):
+        return "peft"
+    return None
+
+
+def diffusers_module_keys(component: str, path: str, layout: str) -> tuple[str, str]:
+    """The (down, up) keys of one module in a diffusers ``layout`` (see :data:`DIFFUSERS_LAYOUTS`)."""
+    if layout == "comfyui" and component == UNET_COMPONENT:
+        attention = _ATTENTION_PATH_RE.match(path)
+        if attention is not None:
+            proj = "to_out" if attention.group("proj") == "to_out.0" else attention.group("proj")
+            base = f"{component}.{attention.group('attn')}.processor.{proj}_lora"
+        else:
+            base = f"{component}.{path}.lora"
+        return f"{base}.down.weight", f"{base}.up.weight"
+    return f"{component}.{path}.lora_A.weight", f"{component}.{path}.lora_B.weight"
 
 
 def _factors(lora: LoRASet, structure: ModelStructure, name: str, fit: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,18 +268,19 @@ def _factors(lora: LoRASet, structure: ModelStructure, name: str, fit: bool) -> 
 
 def write_diffusers(
     lora: LoRASet, structure: ModelStructure, path: str | os.PathLike[str], *, fit: bool,
-    dtype: torch.dtype | None = None, overwrite: bool = False,
+    dtype: torch.dtype | None = None, overwrite: bool = False, layout: str = "peft",
 ) -> Path:
-    """Write ``path`` (a ``.safetensors`` file, or a folder that gets ``pytorch_lora_weights.safetensors``)."""
+    """Write ``path`` (a ``.safetensors`` file, or a folder that gets ``pytorch_lora_weights.safetensors``)
+    in the key ``layout`` (``peft`` or ``comfyui``)."""
     tensors: dict[str, torch.Tensor] = {}
     folded = 0
     for name in lora.modules:
         down, up = _factors(lora, structure, name, fit)
         scale = lora.scale(name)
         folded += scale != 1.0
-        key = f"{structure.component(name)}.{structure.format_path(name)}"
-        tensors[f"{key}.lora_A.weight"] = down
-        tensors[f"{key}.lora_B.weight"] = (up.float() * scale).to(up.dtype)
+        down_key, up_key = diffusers_module_keys(structure.component(name), structure.format_path(name), layout)
+        tensors[down_key] = down
+        tensors[up_key] = (up.float() * scale).to(up.dtype)
     metadata = {"format": "pt", **{k: v for k, v in lora.metadata.items() if k.startswith("modelspec.")}}
     target = Path(path)
     if target.suffix.lower() == SAFETENSORS_SUFFIX:

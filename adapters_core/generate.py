@@ -172,6 +172,7 @@ def generate_to_folder(
     network_weights: Sequence[str | os.PathLike[str]] = (),
     network_mul: Sequence[float] | None = None,
     merge: bool = False,
+    allow_unmatched: bool = False,
     v2: bool | None = None,
     v_parameterization: bool | None = None,
     tokenizer: str | os.PathLike[str] | None = None,
@@ -184,7 +185,7 @@ def generate_to_folder(
     )
     text.check_clip_skip(model.text_encoder, settings.clip_skip)
     pipe = to_pipeline(model, settings.sampler)
-    networks = load_networks(pipe, network_weights, network_mul, merge=merge)
+    networks = load_networks(pipe, network_weights, network_mul, merge=merge, allow_unmatched=allow_unmatched)
     folder = Path(outdir)
     model_name = Path(model_path).stem if Path(model_path).is_file() else Path(model_path).name
     model_hash = model_short_hash(model_path)

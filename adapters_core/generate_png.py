@@ -72,8 +72,12 @@ def model_short_hash(path: str | os.PathLike[str]) -> str | None:
 
 def adapter_short_hash(path: str | os.PathLike[str]) -> str:
     """A1111's LoRA hash: ``sshs_model_hash`` (or the SHA-256 of the data after the safetensors
-    header, which is what it hashes), first 12 hex digits; the file's SHA-256 for pickles."""
+    header, which is what it hashes), first 12 hex digits; the file's SHA-256 for pickles. An
+    adapter folder (diffusers, PEFT) gets the SHA-256 of its weight files' hashes."""
     file = Path(path)
+    if file.is_dir():
+        parts = "".join(_sha256(weights) for weights in sorted(file.rglob("*.safetensors")))
+        return hashlib.sha256(parts.encode()).hexdigest()[:12]
     if file.suffix.lower() != SAFETENSORS_SUFFIX:
         return _sha256(file)[:12]
     stored = load_metadata(file).get("sshs_model_hash")

@@ -15,7 +15,14 @@ from collections.abc import Iterable, Mapping
 from torch import nn
 
 from adapters_core.models.ldm_layout import UNetLayout
-from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, Target, kohya_name, unet_targets
+from adapters_core.targets import (
+    TEXT_ENCODER_PREFIX,
+    UNET_PREFIX,
+    Target,
+    kohya_name,
+    text_encoder_module_path,
+    unet_targets,
+)
 
 _TE_STANDARD = f"{TEXT_ENCODER_PREFIX}_text_model_"
 
@@ -55,3 +62,30 @@ def normalize_module_name(name: str, ldm_aliases: Mapping[str, str] | None = Non
         return _TE_STANDARD + name[len(TEXT_ENCODER_PREFIX) + 1 :]
     aliases = sd_unet_aliases() if ldm_aliases is None else ldm_aliases
     return aliases.get(name, name)
+
+
+# -- diffusers / PEFT components ------------------------------------------------------------
+# The kohya prefix of each component a diffusers or PEFT LoRA names. SD 1.x/2.x have one text
+# encoder (``lora_te``); a file that also names ``text_encoder_2`` is SDXL's, whose encoders
+# are ``lora_te1``/``lora_te2`` (those modules then match no layer of an SD 1.x/2.x model).
+UNET_COMPONENT = "unet"
+TEXT_ENCODER_COMPONENTS = ("text_encoder", "text_encoder_2")
+DIFFUSERS_COMPONENTS = (UNET_COMPONENT, *TEXT_ENCODER_COMPONENTS)
+_SD_PREFIXES = {UNET_COMPONENT: UNET_PREFIX, "text_encoder": TEXT_ENCODER_PREFIX}
+_SDXL_PREFIXES = {UNET_COMPONENT: UNET_PREFIX, "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+
+
+def component_prefixes(components: Iterable[str]) -> dict[str, str]:
+    """``{component: kohya prefix}`` for the components one diffusers/PEFT file names."""
+    return dict(_SDXL_PREFIXES) if "text_encoder_2" in set(components) else dict(_SD_PREFIXES)
+
+
+def component_module_name(prefix: str, component: str, path: str) -> str:
+    """The kohya name of a layer a diffusers/PEFT key names by component and module path.
+
+    Text-encoder paths are read in both spellings (``text_model.encoder.layers.N...`` and
+    transformers 5's ``encoder.layers.N...``).
+    """
+    if component in TEXT_ENCODER_COMPONENTS:
+        return kohya_name(prefix, text_encoder_module_path(path))
+    return kohya_name(prefix, path)

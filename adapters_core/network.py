@@ -11,9 +11,16 @@ import torch
 from torch import nn
 
 from adapters_core.blocks import RankPlan
-from adapters_core.errors import FormatError, NonFiniteError
-from adapters_core.keys import ldm_unet_aliases, normalize_module_name
-from adapters_core.module import AdapterModule, load_module_tensors
+from adapters_core.errors import NonFiniteError
+from adapters_core.keys import ldm_unet_aliases
+from adapters_core.matching import (
+    KeyMiss,
+    ModuleMatcher,
+    detect_file_network,
+    loadable_targets,
+    refuse_unmatched,
+)
+from adapters_core.module import AdapterModule
 from adapters_core.options import resolve_options
 from adapters_core.patching import attach, detach
 from adapters_core.plugins import Registry, get_registry
@@ -119,57 +126,38 @@ class Network(nn.Module):
         multiplier: float = 1.0,
         registry: Registry | None = None,
         source: str = "weights",
+        allow_unmatched: bool = False,
     ) -> Network:
         """A network holding exactly the modules named in ``tensors``, with their weights loaded.
 
-        Module names are normalised (LDM U-Net names, text-encoder names without
-        ``text_model_``). Keys that match no layer of the given models (or of ``targets``,
-        when given instead of models) are logged and kept in :attr:`unmatched_keys`.
+        Modules apply to every Linear/Conv2d layer of the given models they name (or to
+        ``targets``, when given instead of models), matched as ``adapt check`` matches them
+        (:class:`~adapters_core.matching.ModuleMatcher`). Keys that load nowhere raise
+        :class:`~adapters_core.matching.UnmatchedKeysError` unless ``allow_unmatched``; then
+        they are logged and kept in :attr:`unmatched_keys`.
         """
         registry = registry or get_registry()
-        metadata = metadata or {}
         if network is None:
-            network = registry.hook.detect_network(keys=frozenset(tensors), metadata=metadata)
-            if network is None:
-                sample = ", ".join(sorted(tensors)[:3])
-                raise FormatError(f"{source}: no installed network type recognises its keys (e.g. {sample})")
+            network = detect_file_network(registry, tensors, metadata or {}, source)
         network_type = registry.get(network)
-        options = resolve_options(network_type, {})
-        self = cls(network_type, options, registry)
-        if targets is None:
-            targets = all_targets(unet, text_encoder, include_conv_blocks=True)
-        candidates = {t.name: t for t in targets}
+        self = cls(network_type, resolve_options(network_type, {}), registry)
+        layers = list(targets) if targets is not None else loadable_targets(unet, text_encoder)
+        candidates = {t.name: t for t in layers}
         aliases = ldm_unet_aliases(unet, candidates.values())
+        matcher = ModuleMatcher(registry, network_type.name, candidates, aliases, "the model", source)
+        misses: list[KeyMiss] = []
         for raw_name, module_tensors in split_module_keys(tensors).items():
-            name = normalize_module_name(raw_name, aliases)
-            target = candidates.get(name)
-            if target is None:
-                self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors]
-                continue
-            per_module = registry.hook.module_options_from_tensors(
-                network=network_type.name, name=name, tensors=module_tensors
-            )
-            if per_module is None:
-                self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors]
-                continue
-            module_options = {**options, **per_module, "from_weights": True}
-            module = self._add(target, module_options)
-            if module is None:
-                self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors]
-                continue
-            expected = self.registry.hook.state_dict_keys(
-                network=network_type.name, name=name, layer=target.layer, options=module_options
-            )
-            prefix = f"{name}."
-            known = {key.removeprefix(prefix) for key in expected or ()}
-            self.unmatched_keys += [f"{raw_name}.{key}" for key in module_tensors if key not in known]
-            load_module_tensors(module, f"{source}: {raw_name}", {k: v for k, v in module_tensors.items() if k in known})
-        if self.unmatched_keys:
+            match, missed = matcher.match(raw_name, module_tensors)
+            misses += missed
+            if match is not None:
+                self._attach(match.target, match.module)
+        self.unmatched_keys = [miss.key for miss in misses]
+        if not allow_unmatched:
+            refuse_unmatched(source, misses)
+        if misses:
             log.warning(
-                "%s: %d keys match no layer of the model (or no key this type reads) and were not loaded: %s",
-                source,
-                len(self.unmatched_keys),
-                ", ".join(self.unmatched_keys[:5]) + (" ..." if len(self.unmatched_keys) > 5 else ""),
+                "%s: %d keys load nowhere and were not applied: %s",
+                source, len(misses), "; ".join(f"{miss.key} ({miss.reason})" for miss in misses),
             )
         self.set_multiplier(multiplier)
         return self
@@ -184,11 +172,13 @@ class Network(nn.Module):
         multiplier: float = 1.0,
         network: str | None = None,
         registry: Registry | None = None,
+        allow_unmatched: bool = False,
     ) -> Network:
-        """Load an adapter file (safetensors, ckpt or pt) onto the given models."""
-        from adapters_core.formats import load_adapter
+        """Load an adapter onto the given models: a kohya/LyCORIS file (safetensors, ckpt or
+        pt), a diffusers LoRA or a PEFT adapter folder (see :mod:`adapters_core.adapter_source`)."""
+        from adapters_core.adapter_source import read_adapter_file
 
-        loaded = load_adapter(path)
+        loaded = read_adapter_file(path)
         return cls.from_weights(
             loaded.tensors,
             unet=unet,
@@ -198,6 +188,7 @@ class Network(nn.Module):
             multiplier=multiplier,
             registry=registry,
             source=str(path),
+            allow_unmatched=allow_unmatched,
         )
 
     def _add(self, target: Target, options: dict[str, Any]) -> AdapterModule | None:
@@ -208,12 +199,16 @@ class Network(nn.Module):
         )
         if module is None:
             return None
+        self._attach(target, module)
+        return module
+
+    def _attach(self, target: Target, module: nn.Module) -> None:
+        """Make ``module`` this network's adapter of ``target`` (on the layer's device)."""
         weight = getattr(target.layer, "weight", None)
         if weight is not None and weight.device.type != "meta":
             module.to(weight.device)
         self.add_module(target.name, module)
         self.targets[target.name] = target
-        return module
 
     # -- access -------------------------------------------------------------------------
     def adapter_modules(self) -> Iterator[tuple[str, AdapterModule]]:

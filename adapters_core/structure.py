@@ -34,15 +34,8 @@ from adapters_core.models import (
 )
 from adapters_core.models.bundled import config_name_for
 from adapters_core.models.loader import detect_architecture
-from adapters_core.targets import (
-    TEXT_ENCODER_PREFIX,
-    UNET_PREFIX,
-    Target,
-    all_targets,
-    kohya_name,
-    layer_kind,
-    text_encoder_module_path,
-)
+from adapters_core.matching import loadable_targets
+from adapters_core.targets import Target, text_encoder_module_path
 
 # Names accepted by ``--model`` besides paths, and the bundled config set each one means.
 BUILTIN_MODELS: dict[str, str] = {
@@ -68,23 +61,13 @@ class ModelStructure:
 
     @cached_property
     def targets(self) -> dict[str, Target]:
-        return {t.name: t for t in all_targets(self.unet, self.text_encoder, include_conv_blocks=True)}
+        """Every layer an adapter file may adapt, by kohya name (:func:`loadable_targets`)."""
+        return {t.name: t for t in loadable_targets(self.unet, self.text_encoder)}
 
     @cached_property
     def _layers(self) -> dict[str, tuple[str, str]]:
         """kohya module name -> (component, path in the installed model class)."""
-        found: dict[str, tuple[str, str]] = {}
-        for prefix, root, component in (
-            (UNET_PREFIX, self.unet, "unet"),
-            (TEXT_ENCODER_PREFIX, self.text_encoder, "text_encoder"),
-        ):
-            if root is None:
-                continue
-            for path, module in root.named_modules():
-                if layer_kind(module) is not None:
-                    standard = text_encoder_module_path(path) if component == "text_encoder" else path
-                    found[kohya_name(prefix, standard)] = (component, path)
-        return found
+        return {name: (target.component, target.module_path) for name, target in self.targets.items()}
 
     def __contains__(self, name: str) -> bool:
         return name in self._layers

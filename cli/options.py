@@ -105,6 +105,7 @@ class ExistingPath(click.ParamType):
 
 INPUT_FILE = ExistingPath(folder_ok=False)
 INPUT_PATH = ExistingPath(folder_ok=True)
+ADAPTER = INPUT_PATH  # an adapter file, or a diffusers/PEFT adapter folder
 
 _DEVICE_FORM = re.compile(r"^(cpu|meta|mps|(cuda|xpu|npu)(:\d+)?)$")
 

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from helpers import randomize
 
 from adapt_cli.commands.check import check
+from adapt_cli.main import main
+from adapters_core.features import UnsupportedFeatureError
 from adapters_core.formats import save_adapter
 from adapters_core.keys import ldm_unet_aliases
 from adapters_core.models import build_tiny_model, write_tiny_model
@@ -78,8 +80,8 @@ def test_model_as_folder_or_single_file_gives_the_same_matches(assets):
 def test_keys_that_load_nowhere_are_listed_with_reasons(assets):
     tensors = dict(assets.tensors)
     tensors["lora_unet_down_blocks_0_attentions_0_proj_inn.lora_down.weight"] = torch.zeros(4, 32, 1, 1)
-    tensors["lora_unet_conv_in.lora_down.weight"] = torch.zeros(4, 4, 3, 3)
-    tensors["lora_unet_mid_block_attentions_0_proj_out.dora_scale"] = torch.ones(32, 1)
+    tensors["lora_unet_conv_in.lora_down.weight"] = torch.zeros(4, 4, 3, 3)  # no adapter target, but a layer
+    tensors["lora_unet_conv_in.lora_up.weight"] = torch.zeros(32, 4, 1, 1)
     tensors["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = torch.zeros(4, 768)
     tensors["lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.zeros(4, 32)
     tensors["my_module.lora_down.weight"] = torch.zeros(4, 32)
@@ -90,21 +92,35 @@ def test_keys_that_load_nowhere_are_listed_with_reasons(assets):
     assert reasons["lora_unet_down_blocks_0_attentions_0_proj_inn.lora_down.weight"] == (
         "no such layer in tiny (closest: lora_unet_down_blocks_0_attentions_0_proj_in)"
     )
-    assert reasons["lora_unet_conv_in.lora_down.weight"] == "layer conv_in exists but is no adapter target"
-    assert reasons["lora_unet_mid_block_attentions_0_proj_out.dora_scale"].startswith("unknown suffix for lora")
+    matched = {m["module"]: m for m in data["modules"]}
+    assert matched["lora_unet_conv_in"]["layer"] == "unet.conv_in" and matched["lora_unet_conv_in"]["block"] == "UNET"
     q_reason = reasons["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"]
     assert "file tensor has shape (4, 768), the layer needs (4, 32)" in q_reason and "another base model" in q_reason
     assert "SDXL text-encoder module" in reasons["lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"]
     assert reasons["my_module.lora_down.weight"] == "unknown prefix; expected lora_unet_ or lora_te_"
-    assert len(data["modules"]) == assets.modules - 1  # the q_proj module no longer fits
+    assert len(data["modules"]) == assets.modules  # conv_in added, the q_proj module no longer fits
     assert data["blocks"]["TE"] == {"modules": 11, "unmatched_keys": 4}
     assert data["blocks"]["OTHER"] == {"modules": 0, "unmatched_keys": 1}
 
     table = run(path, "--model", "tiny", "--summary")
     assert table.exit_code == 1
     assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj [alpha, lora_down.weight, lora_up.weight]:" in table.output
-    assert "MISMATCH: 128 modules match, 8 keys load nowhere" in table.output
+    assert "MISMATCH: 129 modules match, 6 keys load nowhere" in table.output
     assert "unet.down_blocks" not in table.output  # --summary leaves out the per-module table
+
+
+def test_a_feature_no_type_implements_is_refused_as_loading_refuses_it(assets, capsys):
+    tensors = dict(assets.tensors)
+    tensors["lora_unet_mid_block_attentions_0_proj_out.dora_scale"] = torch.ones(32, 1)
+    path = write(assets, "dora.safetensors", tensors)
+    assert main(["check", str(path), "--model", "tiny"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    message = line.removeprefix("adapt: error: ")
+    assert "lora_unet_mid_block_attentions_0_proj_out.dora_scale: DoRA weight decomposition" in message
+    model = build_tiny_model()
+    with pytest.raises(UnsupportedFeatureError) as loading:
+        Network.from_file(path, unet=model.unet, text_encoder=model.text_encoder)
+    assert str(loading.value) == message
 
 
 def test_default_model_is_the_one_the_metadata_names(assets):

@@ -83,6 +83,55 @@ def test_kohya_to_diffusers_loads_in_diffusers(assets, tmp_path):
     assert_matches(pipe, assets.reference)
 
 
+def comfyui_places(keys: set[str], model) -> set[str]:
+    """The keys ComfyUI's LoRA loader (comfy/lora.py, 2025) places on an SD 1.x model: a U-Net
+    layer is looked up as ``unet.<diffusers path>`` with ``.to_`` spelled ``.processor.to_`` and
+    ``to_out.0`` as ``to_out``; a text-encoder layer as ``text_encoder.text_model.<path>``;
+    each with the up/down spellings below."""
+    spellings = [("_lora.up.weight", "_lora.down.weight"), (".lora_B.weight", ".lora_A.weight"),
+                 (".lora.up.weight", ".lora.down.weight"), (".lora_up.weight", ".lora_down.weight")]
+    places = []
+    for path, module in model.unet.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            place = "unet." + path.replace(".to_", ".processor.to_")
+            places.append(place[:-2] if place.endswith(".to_out.0") else place)
+    for path, module in model.text_encoder.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers." in path:
+            places.append("text_encoder.text_model." + path.removeprefix("text_model."))
+    placed = set()
+    for place in places:
+        for up, down in spellings:
+            if place + up in keys:
+                placed |= {place + up, place + down}
+                break
+    return placed
+
+
+def test_comfyui_layout_loads_in_diffusers_and_comfyui_places_every_key(assets, tmp_path):
+    result = CliRunner().invoke(convert, [str(assets.kohya), str(tmp_path / "peft.safetensors"), "--to", "diffusers"])
+    assert result.exit_code == 0 and "diffusers (load_lora_weights) and adapt read it" in result.output
+    assert "ComfyUI ignores the U-Net attention modules" in result.stderr
+    model = build_tiny_model()
+    peft_keys = set(load_file(str(tmp_path / "peft.safetensors")))
+    skipped = peft_keys - comfyui_places(peft_keys, model)
+    assert skipped and all(".attn" in key for key in skipped)  # what the warning says
+
+    result = CliRunner().invoke(
+        convert, [str(assets.kohya), str(tmp_path / "comfy.safetensors"), "--to", "diffusers", "--layout", "comfyui"]
+    )
+    assert result.exit_code == 0 and "diffusers (load_lora_weights), ComfyUI and adapt read it" in result.output
+    assert "ComfyUI ignores" not in result.stderr
+    keys = set(load_file(str(tmp_path / "comfy.safetensors")))
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.up.weight" in keys
+    assert len(keys) == len(peft_keys) and comfyui_places(keys, model) == keys
+    pipe = to_pipeline(build_tiny_model())
+    pipe.load_lora_weights(str(tmp_path / "comfy.safetensors"))
+    assert_matches(pipe, assets.reference)
+    applied = build_tiny_model()  # adapt reads the layout back to the same math
+    Network.from_file(tmp_path / "comfy.safetensors", unet=applied.unet, text_encoder=applied.text_encoder).apply()
+    assert_matches(applied, assets.reference)
+
+
 def test_kohya_to_peft_loads_in_peft(assets, tmp_path):
     out = run(assets.kohya, tmp_path / "peft", "--to", "peft")
     model = build_tiny_model()

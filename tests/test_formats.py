@@ -144,15 +144,16 @@ def test_te_names_without_text_model_and_unknown_keys_are_reported(lora_file, ca
     tensors = load_adapter(path).tensors
     renamed = {k.replace("lora_te_text_model_", "lora_te_"): v for k, v in tensors.items()}
     renamed["lora_unet_no_such_layer.lora_down.weight"] = torch.zeros(4, 4)
-    renamed["lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale"] = torch.ones(1, 32)  # a suffix LoRA does not write
+    renamed["lora_unet_down_blocks_0_attentions_0_proj_in.lora_extra"] = torch.ones(1, 32)  # a suffix LoRA does not write
     model, reference = build_tiny_model(), build_tiny_model()
     with caplog.at_level(logging.WARNING):
-        net = Network.from_weights(renamed, unet=model.unet, text_encoder=model.text_encoder, source="renamed.safetensors")
+        net = Network.from_weights(renamed, unet=model.unet, text_encoder=model.text_encoder,
+                                   source="renamed.safetensors", allow_unmatched=True)
     assert sorted(net.unmatched_keys) == [
-        "lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale",
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_extra",
         "lora_unet_no_such_layer.lora_down.weight",
     ]
-    assert "renamed.safetensors: 2 keys match no layer of the model" in caplog.text
+    assert "renamed.safetensors: 2 keys load nowhere and were not applied" in caplog.text
     ref_net = Network.from_weights(tensors, unet=reference.unet, text_encoder=reference.text_encoder)
     for a, b in zip(_outputs(model, net), _outputs(reference, ref_net)):
         assert torch.equal(a, b)

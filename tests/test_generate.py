@@ -154,6 +154,10 @@ def test_prompt_source_is_required_and_unmatched_files_are_refused(assets, tmp_p
     result = run("--model", assets.single, "--network_weights", stray, "--prompt", "a cat", *COMMON,
                  "--outdir", tmp_path / "out")
     assert isinstance(result.exception, FormatError)
+    assert "2 keys load nowhere (e.g. lora_unet_nowhere.lora_down.weight: no such layer" in str(result.exception)
+    result = run("--model", assets.single, "--network_weights", stray, "--allow_unmatched", "--prompt", "a cat",
+                 *COMMON, "--outdir", tmp_path / "out")
+    assert isinstance(result.exception, FormatError)
     assert "none of its modules matches a layer of this model" in str(result.exception)
 
 

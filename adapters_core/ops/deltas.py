@@ -1,6 +1,6 @@
 """What the adapter tools share: modules of a file, deltas through the hooks, layer shapes.
 
-Every tool reads adapters into :class:`Adapter` (modules keyed by their standard kohya
+Every tool reads adapters (any format :mod:`adapters_core.adapter_source` reads) into :class:`Adapter` (modules keyed by their standard kohya
 name, tensors module-relative, the type detected by ``detect_network``), works per module
 through the hooks (``delta_weight``, ``merge_weights``, ``extract``,
 ``module_options_from_tensors``) and writes with :func:`write_adapter`.
@@ -21,13 +21,14 @@ from torch import nn
 from tqdm import tqdm
 
 from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError, UnknownNetworkError
-from adapters_core.formats import load_adapter
+from adapters_core.adapter_source import read_adapter_file
+from adapters_core.features import refuse_features
 from adapters_core.keys import normalize_module_name
+from adapters_core.matching import detect_file_network, loadable_targets
 from adapters_core.metadata import flags_from_metadata
 from adapters_core.network import split_module_keys
 from adapters_core.ops.factors import factors_of
 from adapters_core.plugins import get_registry
-from adapters_core.targets import all_targets
 
 log = logging.getLogger("adapters_core.ops")
 
@@ -44,6 +45,7 @@ class Adapter:
     network: str
     modules: dict[str, ModuleTensors]
     metadata: dict[str, str]
+    source_format: str = "kohya"  # how the file stored them: kohya, diffusers or peft
 
     @property
     def title(self) -> str:
@@ -55,20 +57,36 @@ class Adapter:
         return flags_from_metadata(self.metadata)
 
 
+def _refuse_unread_features(network: str, name: str, tensors: ModuleTensors, source: object) -> None:
+    """Stop on a module whose keys carry a feature (DoRA, Tucker, ...) its type does not read.
+
+    These tools have no model, so the type is asked for its keys with a stand-in layer."""
+    hook = get_registry().hook
+    options = hook.module_options_from_tensors(network=network, name=name, tensors=tensors)
+    if options is None:
+        refuse_features(source, name, tensors)
+        return
+    expected = hook.state_dict_keys(network=network, name=name, layer=_STAND_IN_LAYER, options=options)
+    if expected is not None:  # a type that declares no keys reads what it reads
+        refuse_features(source, name, set(tensors) - {key[len(name) + 1:] for key in expected})
+
+
+_STAND_IN_LAYER = nn.Linear(1, 1, device="meta")
+
+
 def read_adapter(path: str | os.PathLike[str]) -> Adapter:
-    """Load an adapter file, detect its type and group its tensors by (normalised) module name."""
-    loaded = load_adapter(path)
-    network = get_registry().hook.detect_network(keys=frozenset(loaded.tensors), metadata=loaded.metadata)
-    if network is None:
-        sample = ", ".join(sorted(loaded.tensors)[:3]) or "no tensors"
-        raise FormatError(f"{path}: no installed network type recognises its keys (e.g. {sample})")
+    """Load an adapter in any format (:func:`read_adapter_file`), detect its type and group its
+    tensors by (normalised) module name."""
+    loaded = read_adapter_file(path)
+    network = detect_file_network(get_registry(), loaded.tensors, loaded.metadata, path)
     modules: dict[str, ModuleTensors] = {}
     for raw_name, tensors in split_module_keys(loaded.tensors).items():
+        _refuse_unread_features(network, raw_name, tensors, path)
         name = normalize_module_name(raw_name)
         if name in modules:
             raise FormatError(f"{path}: module {raw_name} is stored twice (also under another spelling of {name})")
         modules[name] = tensors
-    return Adapter(Path(path), network, modules, loaded.metadata)
+    return Adapter(Path(path), network, modules, loaded.metadata, loaded.source_format)
 
 
 def read_adapters(paths: Sequence[str | os.PathLike[str]]) -> list[Adapter]:
@@ -138,8 +156,8 @@ def is_conv3x3(shape: Sequence[int]) -> bool:
 
 # -- layer shapes -------------------------------------------------------------------------
 def model_layer_shapes(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[str, torch.Size]:
-    """Weight shape of every candidate layer of a model, by kohya name (3x3 convs included)."""
-    return {t.name: layer_weight(t.layer).shape for t in all_targets(unet, text_encoder, include_conv_blocks=True)}
+    """Weight shape of every layer a file may adapt, by kohya name (:func:`loadable_targets`)."""
+    return {t.name: layer_weight(t.layer).shape for t in loadable_targets(unet, text_encoder)}
 
 
 @functools.cache

@@ -1,9 +1,9 @@
 """``adapt inspect``: what an adapter file holds, for people (text) and scripts (JSON).
 
-Type (``detect_network``), base model (metadata), modules and keys per block (the 25-block
-index; ``TE`` for the text encoder), ranks and alphas (``module_options_from_tensors``), the
-Frobenius norm of each module's delta (``delta_weight`` at the layer shape that
-:class:`~adapters_core.ops.deltas.LayerShapes` finds) and the metadata.
+Type (``detect_network``), source format (kohya, diffusers, peft), base model (metadata),
+modules and keys per block (the 25-block index; ``TE`` for the text encoder), ranks and alphas
+(``module_options_from_tensors``), the Frobenius norm of each module's delta (``delta_weight``
+at the layer shape that :class:`~adapters_core.ops.deltas.LayerShapes` finds) and the metadata.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class AdapterReport:
     path: str
     network: str
     network_module: str
+    source_format: str
     base_model: str
     modules: int
     keys: int
@@ -114,6 +115,7 @@ def inspect_adapter(path: str | os.PathLike[str], *, norms: bool = True) -> Adap
     return AdapterReport(
         path=str(path),
         network=adapter.network,
+        source_format=adapter.source_format,
         network_module=adapter.metadata.get("ss_network_module", get_registry().get(adapter.network).kohya_module),
         base_model=_base_model(adapter.metadata),
         modules=len(modules),
@@ -139,6 +141,7 @@ def format_report(report: AdapterReport) -> str:
     lines = [
         f"file:          {report.path}",
         f"type:          {report.network} ({report.network_module})",
+        f"format:        {report.source_format}",
         f"base model:    {report.base_model}",
         f"modules:       {report.modules} ({report.keys} keys)",
         f"ranks:         {_values(report.ranks)}",

@@ -27,7 +27,8 @@ from adapters_core.metadata import modelspec_metadata
 from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progress_bar, read_adapters, resolve_ratios
 from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, open_checkpoint
 from adapters_core.plugins import get_registry
-from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, all_targets, kohya_name, text_encoder_module_path
+from adapters_core.matching import UnmatchedKeysError, loadable_targets
+from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, kohya_name, text_encoder_module_path
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping names
@@ -80,8 +81,11 @@ def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> 
         ) from None
 
 
-def check_coverage(adapters: Sequence[Adapter], layers: Mapping[str, torch.Size], source: Path) -> None:
-    """Every adapter must reach the model; modules without a layer are skipped with a warning."""
+def check_coverage(
+    adapters: Sequence[Adapter], layers: Mapping[str, torch.Size], source: Path, allow_unmatched: bool = False
+) -> None:
+    """Every module must name a layer of the model; with ``allow_unmatched`` the others are
+    listed in a warning and skipped."""
     for adapter in adapters:
         missing = [name for name in adapter.modules if name not in layers]
         if len(missing) == len(adapter.modules):
@@ -89,14 +93,14 @@ def check_coverage(adapters: Sequence[Adapter], layers: Mapping[str, torch.Size]
                 f"{adapter.path}: none of its {len(missing)} modules names a layer of {source}; "
                 "is it an adapter for another kind of model?"
             )
-        if missing:
-            log.warning(
-                "%s: %d modules match no layer of %s and are skipped: %s",
-                adapter.path,
-                len(missing),
-                source,
-                ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""),
+        if missing and not allow_unmatched:
+            raise UnmatchedKeysError(
+                f"{adapter.path}: {len(missing)} modules name no layer of {source} (e.g. {missing[0]}); "
+                "`adapt check` lists them, --allow_unmatched merges the rest"
             )
+        if missing:
+            log.warning("%s: %d modules name no layer of %s and are skipped: %s",
+                        adapter.path, len(missing), source, ", ".join(missing))
         for name in adapter.modules:
             if name in layers:
                 check_fits(adapter, name, layers[name], source)
@@ -148,6 +152,7 @@ def merge_into_model(
     v2: bool | None = None,
     v_parameterization: bool | None = None,
     overwrite: bool = False,
+    allow_unmatched: bool = False,
 ) -> Path:
     """Merge adapter files into the checkpoint ``sd_model`` and write ``save_to``.
 
@@ -165,10 +170,12 @@ def merge_into_model(
     titles = [source.stem] + [a.title for a in adapters]
     if source.is_file() and target.suffix.lower() in SINGLE_FILE_SUFFIXES:
         return _merge_streaming(
-            source, target, adapters, ratios, merge_dtype, save_dtype, v2, bool(v_parameterization), titles, overwrite
+            source, target, adapters, ratios, merge_dtype, save_dtype, v2, bool(v_parameterization), titles, overwrite,
+            allow_unmatched,
         )
     return _merge_loaded(
-        source, target, adapters, ratios, merge_dtype, save_dtype, v2, v_parameterization, titles, overwrite
+        source, target, adapters, ratios, merge_dtype, save_dtype, v2, v_parameterization, titles, overwrite,
+        allow_unmatched,
     )
 
 
@@ -203,6 +210,7 @@ def _merge_streaming(
     v_parameterization: bool,
     titles: list[str],
     overwrite: bool,
+    allow_unmatched: bool,
 ) -> Path:
     from adapters_core.models.bundled import load_config
     from adapters_core.models.loader import detect_architecture
@@ -222,7 +230,7 @@ def _merge_streaming(
             shape = reader.shape(key)
             for name in held:
                 layers[name] = torch.Size((shape[0] // len(held), *shape[1:]))
-        check_coverage(adapters, layers, source)
+        check_coverage(adapters, layers, source, allow_unmatched)
         metadata = modelspec_metadata(
             v2=is_v2, v_parameterization=v_parameterization, title=target.stem, kind="", merged_from=titles
         )
@@ -266,12 +274,13 @@ def _merge_loaded(
     v_parameterization: bool | None,
     titles: list[str],
     overwrite: bool,
+    allow_unmatched: bool,
 ) -> Path:
     from adapters_core.models import load_sd_model, save_diffusers, save_single_file
 
     model = load_sd_model(source, v2=v2, v_parameterization=v_parameterization, dtype=merge_dtype, need_tokenizer=False)
-    targets = {t.name: t.layer for t in all_targets(model.unet, model.text_encoder, include_conv_blocks=True)}
-    check_coverage(adapters, {name: layer_weight(layer).shape for name, layer in targets.items()}, source)
+    targets = {t.name: t.layer for t in loadable_targets(model.unet, model.text_encoder)}
+    check_coverage(adapters, {name: layer_weight(layer).shape for name, layer in targets.items()}, source, allow_unmatched)
     jobs = [(a, r, name) for a, r in zip(adapters, ratios, strict=True) for name in a.modules if name in targets]
     with torch.no_grad(), progress_bar(len(jobs), "merging") as bar:
         for adapter, ratio, name in jobs:

@@ -130,7 +130,10 @@ def create_network(args: TrainArgs, model: SDModel, network_type: NetworkType, o
                 args.network_weights,
             )
         path = str(args.network_weights)
-        network = Network.from_file(path, unet=unet, text_encoder=text_encoder, network=network_type.name)
+        network = Network.from_file(  # the modules of a side not trained have no layer here
+            path, unet=unet, text_encoder=text_encoder, network=network_type.name,
+            allow_unmatched=unet is None or text_encoder is None,
+        )
     else:
         network = Network.create(network_type.name, unet=unet, text_encoder=text_encoder, options=options)
         if args.network_weights:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from adapt_cli.options import INPUT_FILE
+from adapt_cli.options import ADAPTER
 
 if TYPE_CHECKING:
     from adapters_core.check import CheckReport
@@ -53,7 +53,7 @@ def _print_report(report: CheckReport, show_modules: bool) -> None:
 
 
 @click.command("check")
-@click.argument("adapter", type=INPUT_FILE)
+@click.argument("adapter", type=ADAPTER)
 @click.option(
     "--model",
     default=None,

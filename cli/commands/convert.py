@@ -14,7 +14,7 @@ from adapt_cli.options import (
     refuse_existing,
 )
 
-from adapters_core.choices import LORA_FORMATS
+from adapters_core.choices import DIFFUSERS_LAYOUTS, LORA_FORMATS
 
 
 @click.command("convert")
@@ -30,19 +30,26 @@ from adapters_core.choices import LORA_FORMATS
     help="Base model (Diffusers folder, checkpoint, or sd_v1/sd_v2/sd_v2_v/tiny): check every module "
     "against its layers and shape the weights for them (needed for SD 2.x files with 4-D proj weights).",
 )
+@click.option(
+    "--layout", type=click.Choice(DIFFUSERS_LAYOUTS), default="peft", show_default=True,
+    help="Key layout of a diffusers output: peft (unet.<path>.lora_A.weight, what save_lora_weights writes) or "
+    "comfyui (the older attention-processor keys, read by diffusers and ComfyUI alike).",
+)
 @kohya_option("--save_precision", type=click.Choice(("float", "fp16", "bf16")), default=None,
               help="Cast the tensors (default: keep the input's dtype).")
 @overwrite_option()
 def convert(
-    source: Path, output: Path, to: str, source_format: str, model: str | None, save_precision: str | None,
-    overwrite: bool,
+    source: Path, output: Path, to: str, source_format: str, model: str | None, layout: str,
+    save_precision: str | None, overwrite: bool,
 ) -> None:
     """Convert the LoRA SOURCE to OUTPUT in another format.
 
     \b
     kohya      OUTPUT.safetensors with lora_unet_*/lora_te_* keys (A1111, ComfyUI, sd-scripts)
     diffusers  OUTPUT.safetensors (or a folder) as save_lora_weights writes it; alpha/rank is
-               folded into lora_B because the format has no alpha
+               folded into lora_B because the format has no alpha. ComfyUI skips the U-Net
+               attention modules of this (peft) layout: --layout comfyui writes the older
+               attention-processor keys, which diffusers and ComfyUI both read
     peft       OUTPUT folder with unet/ and text_encoder/ PEFT adapters (adapter_config.json with
                per-module rank_pattern/alpha_pattern, adapter_model.safetensors)
 
@@ -58,6 +65,8 @@ def convert(
 
     result = convert_lora(
         source, output, to, source_format=source_format, model=model,
-        dtype=precision_dtype(save_precision), overwrite=overwrite,
+        dtype=precision_dtype(save_precision), overwrite=overwrite, layout=layout,
     )
-    click.echo(f"{result.output}: {result.modules} modules ({result.source_format} -> {to})")
+    click.echo(f"{result.output}: {result.modules} modules ({result.source_format} -> {to}); {result.readers}")
+    if result.warning:
+        click.echo(f"adapt: warning: {result.warning}", err=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from adapt_cli.options import (
+    ADAPTER,
     DEVICE,
     FINITE,
     INPUT_FILE,
@@ -37,7 +38,7 @@ IMAGE_SIDE = Number(int, 8, 16384)
 @click.command("generate", cls=MultiValueCommand, multi_value=("network_weights", "network_mul", "network_module"))
 @click.option("--model", "--ckpt", "--pretrained_model_name_or_path", "model", required=True,
               type=INPUT_PATH, help="Base model: a Diffusers folder or a .safetensors/.ckpt checkpoint.")
-@kohya_option("--network_weights", multiple=True, type=INPUT_FILE,
+@kohya_option("--network_weights", multiple=True, type=ADAPTER,
               help="Adapter files to apply (several allowed: --network_weights a.safetensors b.safetensors).")
 @kohya_option("--network_mul", multiple=True, type=FINITE,
               help="Multiplier of each adapter, one per --network_weights file (default 1.0 each).")
@@ -45,6 +46,8 @@ IMAGE_SIDE = Number(int, 8, 16384)
               help="Accepted for kohya's gen_img command lines and ignored: each file's type is detected from its keys.")
 @click.option("--merge", "--network_merge", "merge", is_flag=True,
               help="Merge the adapters into the weights instead of patching the layers (faster, same images).")
+@kohya_option("--allow_unmatched", is_flag=True,
+              help="Apply the modules that name a layer of the model and list the others (default: stop).")
 @click.option("--prompt", default=None, help="The prompt (may carry per-line options such as --n).")
 @kohya_option("--negative_prompt", default="", help="Negative prompt (a prompt line's --n overrides it).")
 @kohya_option("--from_file", type=INPUT_FILE, default=None,
@@ -71,7 +74,7 @@ IMAGE_SIDE = Number(int, 8, 16384)
               help="Model precision.")
 def generate(
     model: Path, network_weights: tuple[Path, ...], network_mul: tuple[float, ...],
-    merge: bool, prompt: str | None, negative_prompt: str, from_file: Path | None, steps: int, scale: float,
+    merge: bool, allow_unmatched: bool, prompt: str | None, negative_prompt: str, from_file: Path | None, steps: int, scale: float,
     width: int | None, height: int | None, seed: int | None, sampler: str, batch_count: int, images_per_prompt: int,
     outdir: Path, v2: bool, v_parameterization: bool, tokenizer: Path | None, clip_skip: int | None,
     max_token_length: str | None, device: str | None, dtype: str,
@@ -109,6 +112,7 @@ def generate(
         network_weights=list(network_weights),
         network_mul=list(network_mul) or None,
         merge=merge,
+        allow_unmatched=allow_unmatched,
         v2=True if v2 else None,
         v_parameterization=True if v_parameterization else None,
         tokenizer=tokenizer,

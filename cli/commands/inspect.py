@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import click
-from adapt_cli.options import INPUT_FILE
+from adapt_cli.options import ADAPTER
 
 
 @click.command("inspect")
-@click.argument("file", type=INPUT_FILE)
+@click.argument("file", type=ADAPTER)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 @click.option("--no-norms", "no_norms", is_flag=True, help="Skip computing each module's delta norm.")
 def inspect(file: Path, as_json: bool, no_norms: bool) -> None:

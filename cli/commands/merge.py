@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 from adapt_cli.options import (
+    ADAPTER,
     FINITE,
-    INPUT_FILE,
     INPUT_PATH,
     PRECISIONS,
     MultiValueCommand,
@@ -39,8 +39,8 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
     "--models",
     multiple=True,
     required=True,
-    type=INPUT_FILE,
-    help="Adapter files (one or more after the flag).",
+    type=ADAPTER,
+    help="Adapter files or diffusers/PEFT adapter folders (one or more after the flag).",
 )
 @kohya_option("--ratios", multiple=True, type=FINITE, help="One ratio per model (negative allowed); default 1 each.")
 @kohya_option(
@@ -57,6 +57,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 )
 @kohya_option("--concat", is_flag=True, help="Stack the ranks: the written adapter is the exact sum of the deltas.")
 @kohya_option("--shuffle", is_flag=True, help="Permute the rank components of the merged adapter.")
+@kohya_option("--allow_unmatched", is_flag=True,
+              help="With --sd_model: merge the modules that name a layer of the model and list the others "
+              "(default: stop when a module names no layer).")
 @overwrite_option()
 def merge(
     sd_model: Path | None,
@@ -69,6 +72,7 @@ def merge(
     v_parameterization: bool | None,
     concat: bool,
     shuffle: bool,
+    allow_unmatched: bool,
     overwrite: bool,
 ) -> None:
     """Merge adapters into a checkpoint (W += ratio * delta) or into one adapter.
@@ -97,6 +101,7 @@ def merge(
             v2=v2,
             v_parameterization=v_parameterization,
             overwrite=overwrite,
+            allow_unmatched=allow_unmatched,
         )
         click.echo(f"{path}: merged {len(models)} adapter(s) into {sd_model}")
         return

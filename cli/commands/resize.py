@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
+    ADAPTER,
     DEVICE,
-    INPUT_FILE,
     POSITIVE_INT,
     PRECISIONS,
     Number,
@@ -26,7 +26,7 @@ from adapters_core.choices import DYNAMIC_METHODS
 
 
 @click.command("resize")
-@kohya_option("--model", required=True, type=INPUT_FILE, help="Adapter file to resize.")
+@kohya_option("--model", required=True, type=ADAPTER, help="Adapter file to resize.")
 @kohya_option("--save_to", required=True, type=click.Path(path_type=Path), help="Output adapter file.")
 @kohya_option(
     "--new_rank",

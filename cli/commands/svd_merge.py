@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
+    ADAPTER,
     DEVICE,
     FINITE,
-    INPUT_FILE,
     POSITIVE_INT,
     PRECISIONS,
     MultiValueCommand,
@@ -26,14 +26,13 @@ from adapt_cli.options import (
 )
 
 
-
 @click.command("svd-merge", cls=MultiValueCommand, multi_value=("models", "ratios"))
 @kohya_option(
     "--models",
     multiple=True,
     required=True,
-    type=INPUT_FILE,
-    help="Adapter files (one or more after the flag); ranks and module sets may differ.",
+    type=ADAPTER,
+    help="Adapter files or folders (one or more after the flag); ranks and module sets may differ.",
 )
 @kohya_option("--ratios", multiple=True, type=FINITE, help="One ratio per model (negative allowed); default 1 each.")
 @kohya_option("--save_to", required=True, type=click.Path(path_type=Path), help="Output adapter file.")

@@ -110,6 +110,15 @@ def test_network_weights_continue_and_dim_from_weights(workspace: Workspace, tmp
     assert "file tensor has shape" in run.output and "lora_" in run.output
 
 
+def test_network_weights_read_diffusers_and_peft_files(workspace: Workspace, tmp_path: Path) -> None:
+    first = trained(workspace, tmp_path / "a", "--network_dim", "2", "--network_alpha", "2")
+    for fmt, output in (("diffusers", "d.safetensors"), ("peft", "peft")):
+        assert run_adapt(["convert", str(tmp_path / "a" / "last.safetensors"), str(tmp_path / output), "--to", fmt]).code == 0
+        shaped = trained(workspace, tmp_path / fmt, "--dim_from_weights", "--learning_rate", "0",
+                         "--network_weights", str(tmp_path / output))
+        assert shaped.keys() == first.keys() and all(torch.equal(first[k], shaped[k]) for k in first)
+
+
 def test_save_model_as_ckpt_and_precision(workspace: Workspace, tmp_path: Path) -> None:
     trained(workspace, tmp_path, "--save_model_as", "ckpt", "--save_precision", "fp16", ext="ckpt")
     loaded = torch.load(tmp_path / "last.ckpt", weights_only=True)

@@ -1,0 +1,74 @@
+"""Read any adapter a user has: kohya/LyCORIS files, diffusers LoRAs and PEFT adapters.
+
+Every command that reads an adapter goes through :func:`read_adapter_file`: kohya-keyed
+files (adapt's, sd-scripts', LyCORIS's) come back as they are; a diffusers LoRA (a file
+with ``unet.``/``text_encoder.``/``text_encoder_2.`` keys, or a folder holding
+``pytorch_lora_weights.safetensors``) and a PEFT adapter (a folder with
+``adapter_config.json``, per component or not, or its ``adapter_model.safetensors``) are
+turned into kohya module names with module-relative LoRA tensors through the same mapping
+``adapt convert`` uses (:mod:`adapters_core.convert_formats`), so reading such a file
+directly gives exactly what converting it first would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters_core.choices import LORA_FORMATS
+from adapters_core.convert_formats import (
+    detect_format,
+    diffusers_lora_set,
+    keys_format,
+    read_diffusers,
+    read_peft,
+)
+from adapters_core.errors import ConfigError, FormatError
+from adapters_core.formats import AdapterFile, load_adapter
+from adapters_core.lora_set import LoRASet, kohya_state_dict, lora_set_from_kohya
+
+FORMATS = LORA_FORMATS
+
+
+@dataclass
+class SourceAdapter(AdapterFile):
+    """An adapter file's tensors under kohya keys; ``source_format`` says how it was stored."""
+
+    source_format: str = "kohya"
+
+
+def read_lora(path: str | os.PathLike[str], source_format: str = "auto") -> LoRASet:
+    """A LoRA file or folder in any supported format (``auto`` detects it)."""
+    source = Path(path)
+    if not source.exists():
+        raise FormatError(f"{source}: no such file or folder")
+    fmt = detect_format(source) if source_format == "auto" else source_format
+    if fmt == "kohya":
+        loaded = load_adapter(source)
+        return lora_set_from_kohya(loaded.tensors, loaded.metadata, str(source))
+    if fmt == "diffusers":
+        return read_diffusers(source)
+    if fmt == "peft":
+        return read_peft(source)
+    raise ConfigError(f"--from {source_format}: expected auto, {', '.join(FORMATS)}")
+
+
+def _as_kohya(path: Path, lora: LoRASet, fmt: str) -> SourceAdapter:
+    return SourceAdapter(path, kohya_state_dict(lora), dict(lora.metadata), fmt)
+
+
+def read_adapter_file(path: str | os.PathLike[str]) -> SourceAdapter:
+    """The tensors of the adapter at ``path`` under kohya keys (``<module>.<key>``), whatever
+    tool wrote it."""
+    source = Path(path)
+    if source.is_dir():
+        fmt = detect_format(source)
+        return _as_kohya(source, read_lora(source, fmt), fmt)
+    loaded = load_adapter(source)
+    fmt = keys_format(list(loaded.tensors))
+    if fmt == "diffusers":
+        return _as_kohya(source, diffusers_lora_set(loaded.tensors, loaded.metadata, source), fmt)
+    if fmt == "peft":
+        return _as_kohya(source, read_peft(source), fmt)
+    return SourceAdapter(loaded.path, loaded.tensors, loaded.metadata)

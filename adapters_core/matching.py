@@ -1,0 +1,189 @@
+"""Which layer each module of an adapter file applies to: the one matching loading and ``check`` share.
+
+A file applies to every layer it names that exists in the model, not only to the layers its
+type would adapt when training: LyCORIS files, for one, also adapt ``conv_in``,
+``conv_out`` and the time embedding. :func:`loadable_targets` therefore lists the type's
+usual targets first, then every other Linear/Conv2d layer. :class:`ModuleMatcher` turns one
+module of a file into an adapter module loaded with its tensors, or into the keys that load
+nowhere with the reason; a module carrying a feature no installed type implements
+(:mod:`adapters_core.features`) stops everything instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapters_core.blocks import block_index
+from adapters_core.errors import FormatError, ShapeMismatchError
+from adapters_core.features import refuse_features
+from adapters_core.keys import normalize_module_name
+from adapters_core.module import load_module_tensors
+from adapters_core.options import resolve_options
+from adapters_core.plugins import Registry
+from adapters_core.targets import (
+    TEXT_ENCODER_PREFIX,
+    UNET_PREFIX,
+    Target,
+    all_targets,
+    kohya_name,
+    layer_kind,
+    text_encoder_module_path,
+)
+
+LDM_PARTS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+
+
+class UnmatchedKeysError(FormatError):
+    """Keys of an adapter file that load nowhere, while ``--allow_unmatched`` was not given."""
+
+
+def loadable_targets(unet: nn.Module | None, text_encoder: nn.Module | None) -> list[Target]:
+    """Every Linear/Conv2d layer a file may adapt: the adapter targets (3x3 convs included)
+    first, then the model's other Linear/Conv2d layers (``conv_in``, ``time_embedding...``)."""
+    found = all_targets(unet, text_encoder, include_conv_blocks=True)
+    names = {target.name for target in found}
+    for prefix, root, component in (
+        (TEXT_ENCODER_PREFIX, text_encoder, "text_encoder"),
+        (UNET_PREFIX, unet, "unet"),
+    ):
+        if root is None:
+            continue
+        for path, layer in root.named_modules():
+            kind = layer_kind(layer)
+            if kind is None:
+                continue
+            name = kohya_name(prefix, text_encoder_module_path(path) if component == "text_encoder" else path)
+            if name in names:
+                continue
+            names.add(name)
+            index = block_index(name) if component == "unet" else -1
+            found.append(Target(name, layer, component, index, kind, in_conv_block=False, module_path=path))
+    return found
+
+
+def detect_file_network(
+    registry: Registry, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], source: object
+) -> str:
+    """The installed type that reads this file; a file no type reads is refused with the
+    feature it carries (DoRA, LoKr, ...) or, failing that, a sample of its keys."""
+    network = registry.hook.detect_network(keys=frozenset(tensors), metadata=metadata)
+    if network is not None:
+        return str(network)
+    for key in sorted(tensors):
+        name, _, rest = key.partition(".")
+        refuse_features(source, name, [rest])
+    sample = ", ".join(sorted(tensors)[:3]) or "no tensors"
+    raise FormatError(f"{source}: no installed network type recognises its keys (e.g. {sample})")
+
+
+@dataclass
+class ModuleMatch:
+    """One module of a file, loaded into a fresh adapter module for its layer."""
+
+    raw_name: str
+    target: Target
+    options: dict[str, Any]
+    module: nn.Module
+    keys: int
+    reshaped: bool  # 2-D file tensors for a conv layer or 4-D ones for a Linear
+
+
+@dataclass
+class KeyMiss:
+    """A key of the file that loads nowhere, and why."""
+
+    key: str
+    name: str  # the module's standard kohya name
+    reason: str
+    shape_error: bool = False  # the layer exists but the tensors do not fit it
+
+
+class ModuleMatcher:
+    """Matches the modules of one file, read as ``network``, against the layers of one model.
+
+    ``layers`` maps standard kohya names to targets (:func:`loadable_targets`), ``aliases``
+    the LDM spellings of U-Net names (:func:`adapters_core.keys.ldm_unet_aliases`).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        network: str,
+        layers: Mapping[str, Target],
+        aliases: Mapping[str, str],
+        model_name: str,
+        source: object,
+    ) -> None:
+        self.hook = registry.hook
+        self.network = network
+        self.layers = layers
+        self.aliases = aliases
+        self.model_name = model_name
+        self.source = source
+        self.options = resolve_options(registry.get(network), {})
+
+    def _no_layer_reason(self, raw_name: str, name: str) -> str:
+        if raw_name.startswith(("lora_te1_", "lora_te2_")):
+            return "SDXL text-encoder module; SD 1.x/2.x models have one text encoder (lora_te_)"
+        if not raw_name.startswith((UNET_PREFIX + "_", TEXT_ENCODER_PREFIX + "_")):
+            return "unknown prefix; expected lora_unet_ or lora_te_"
+        if raw_name.startswith(LDM_PARTS) and name == raw_name:
+            return f"LDM-style name that maps to no layer of {self.model_name}"
+        close = difflib.get_close_matches(name, list(self.layers), n=1, cutoff=0.8)
+        hint = f" (closest: {close[0]})" if close else ""
+        return f"no such layer in {self.model_name}{hint}"
+
+    def match(self, raw_name: str, parts: Mapping[str, torch.Tensor]) -> tuple[ModuleMatch | None, list[KeyMiss]]:
+        """The loaded module of ``raw_name`` (or ``None``) and the keys that load nowhere."""
+        name = normalize_module_name(raw_name, self.aliases)
+
+        def miss(keys: Iterable[str], reason: str, shape_error: bool = False) -> list[KeyMiss]:
+            return [KeyMiss(f"{raw_name}.{key}", name, reason, shape_error) for key in sorted(keys)]
+
+        target = self.layers.get(name)
+        if target is None:
+            return None, miss(parts, self._no_layer_reason(raw_name, name))
+        per_module = self.hook.module_options_from_tensors(network=self.network, name=name, tensors=parts)
+        if per_module is None:
+            refuse_features(self.source, raw_name, parts)
+            return None, miss(parts, f"not a {self.network} module (keys: {', '.join(sorted(parts))})")
+        options = {**self.options, **per_module, "from_weights": True, "block_index": target.block_index,
+                   "layer_kind": target.layer_kind, "in_conv_block": target.in_conv_block}
+        expected = self.hook.state_dict_keys(network=self.network, name=name, layer=target.layer, options=options)
+        suffixes = {key[len(name) + 1:] for key in expected or ()}
+        unknown = set(parts) - suffixes
+        if expected is not None:
+            refuse_features(self.source, raw_name, unknown)
+        misses = miss(unknown, f"unknown suffix for {self.network} (expected {', '.join(sorted(suffixes))})")
+        module = self.hook.create_module(network=self.network, name=name, layer=target.layer, options=options)
+        if not isinstance(module, nn.Module):
+            return None, miss(parts, f"{self.network} does not adapt {target.layer_kind} layers")
+        known = {key: tensor for key, tensor in parts.items() if key in suffixes}
+        try:
+            load_module_tensors(module, f"{self.source}: {raw_name}", known)
+        except ShapeMismatchError as error:
+            return None, misses + miss(known, str(error), shape_error=True)
+        own = module.state_dict()
+        reshaped = any(tensor.dim() != own[key].dim() for key, tensor in known.items())
+        return ModuleMatch(raw_name, target, options, module, len(known), reshaped), misses
+
+
+def refuse_unmatched(source: object, misses: list[KeyMiss]) -> None:
+    """Stop on keys that load nowhere with one line: the tensors that do not fit their layer
+    (:class:`ShapeMismatchError`), else how many keys and the first with its reason."""
+    if not misses:
+        return
+    for miss in misses:
+        if miss.shape_error:
+            raise ShapeMismatchError(miss.reason)
+    first = misses[0]
+    raise UnmatchedKeysError(
+        f"{source}: {len(misses)} keys load nowhere (e.g. {first.key}: {first.reason}); "
+        "`adapt check` lists them, --allow_unmatched applies the rest"
+    )
