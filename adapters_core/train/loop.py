@@ -44,6 +44,7 @@ from adapters_core.train.saving import (
 )
 from adapters_core.train.schedulers import ScheduleSpec, build_lr_scheduler
 from adapters_core.train.state import load_state, read_resume_point
+from adapters_core.train import step as step_module  # the check forward is not a training step
 from adapters_core.train.step import StepContext, compute_loss, encode_captions
 from adapters_core.train.text_cache import TextEncoderCache, check_cacheable, encoder_fingerprint
 
@@ -361,7 +362,7 @@ class Trainer:
             return
         devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            value = float(compute_loss(self.step_context, batch).item())
+            value = float(step_module.compute_loss(self.step_context, batch).item())
         if not math.isfinite(value):
             raise TrainingDivergedError(
                 f"step {step}: the weights this update produced give a loss of {value}; training stopped and "

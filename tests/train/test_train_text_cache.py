@@ -42,7 +42,7 @@ def recorded_run(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> Re
     """Run ``adapt train`` and record each step's loss and every text-encoder call."""
     seen = Recorded()
     in_step = [False]
-    checking = [False]  # the no-grad forward before a checkpoint is written is not part of training
+    checking = [False]  # the forward that checks a checkpoint's weights is not part of training
 
     def counting_encode(text_encoder, input_ids, clip_skip=None):
         if not checking[0]:
@@ -51,19 +51,25 @@ def recorded_run(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> Re
         return REAL_ENCODE(text_encoder, input_ids, clip_skip)
 
     def recording_loss(ctx, batch):
-        in_step[0] = torch.is_grad_enabled()
-        checking[0] = not in_step[0]
+        in_step[0] = True
         try:
             loss = REAL_COMPUTE_LOSS(ctx, batch)
         finally:
-            in_step[0] = checking[0] = False
-        if torch.is_grad_enabled():
-            seen.losses.append(float(loss.detach()))
+            in_step[0] = False
+        seen.losses.append(float(loss.detach()))
         seen.encoder_devices_in_steps.add(ctx.model.text_encoder.device.type)
         return loss
 
+    def checking_loss(ctx, batch):
+        checking[0] = True
+        try:
+            return REAL_COMPUTE_LOSS(ctx, batch)
+        finally:
+            checking[0] = False
+
     monkeypatch.setattr(text, "encode", counting_encode)
     monkeypatch.setattr(loop, "compute_loss", recording_loss)
+    monkeypatch.setattr(loop.step_module, "compute_loss", checking_loss)
     run = run_adapt(["train", *argv], capsys)
     seen.code, seen.output = run.code, run.output
     return seen
