@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from adapters_core.blocks import BlockMultipliers
 from adapters_core.errors import ConfigError, FormatError
 from adapters_core.network import Network
 
@@ -25,20 +26,24 @@ def load_networks(
     paths: Sequence[str | os.PathLike[str]],
     multipliers: Sequence[float] | None = None,
     merge: bool = False,
+    block_multipliers: Sequence[BlockMultipliers | None] | None = None,
 ) -> list[Network]:
     """Load adapter files onto ``pipe.unet`` and ``pipe.text_encoder`` and apply them.
 
     ``multipliers`` (default 1.0 each) must have one value per path. ``merge=False`` patches
     the layers' forwards (multipliers stay adjustable, :meth:`Network.remove` undoes it);
     ``merge=True`` adds each delta to the weights instead (no inference overhead, permanent).
+    ``block_multipliers`` (one per path, ``None`` for none) weight each file's modules per block.
     """
     count = len(paths)
     multipliers = [1.0] * count if multipliers is None else list(multipliers)
     if len(multipliers) != count:
         raise ConfigError(f"got {count} network files but {len(multipliers)} multipliers; give one multiplier per file")
+    per_file = list(block_multipliers) if block_multipliers is not None else [None] * count
     networks: list[Network] = []
-    for path, multiplier in zip(paths, multipliers):
+    for path, multiplier, blocks in zip(paths, multipliers, per_file, strict=True):
         network = Network.from_file(path, unet=pipe.unet, text_encoder=pipe.text_encoder, multiplier=float(multiplier))
+        network.set_block_multipliers(blocks)
         if not any(True for _ in network.adapter_modules()):
             raise FormatError(f"{path}: none of its modules matches a layer of this model; `adapt check` tells why")
         if merge:

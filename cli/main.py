@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -13,18 +12,18 @@ import click
 
 from adapt_cli.commands import COMMANDS
 from adapters_core.errors import AdaptError
+from adapters_core.quiet import set_verbosity
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="adapt")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def cli(verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also show the libraries' log lines, progress bars and warnings.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and the final summary.")
+def cli(verbose: bool, quiet: bool) -> None:
     """Train, combine and apply LoRA-family adapters for Stable Diffusion (kohya-compatible)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s", force=True
-    )
-    for noisy in ("diffusers", "transformers", "accelerate", "httpx", "huggingface_hub", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    if verbose and quiet:
+        raise click.UsageError("--verbose and --quiet exclude each other")
+    set_verbosity("verbose" if verbose else "quiet" if quiet else "normal")
 
 
 for command in COMMANDS:

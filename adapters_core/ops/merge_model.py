@@ -34,10 +34,11 @@ _MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping
 
 
 def merge_module(adapter: Adapter, name: str, weight: torch.Tensor, ratio: float) -> torch.Tensor:
-    """One module merged into ``weight`` through the type's ``merge_weights`` hook."""
+    """One module merged into ``weight`` through the type's ``merge_weights`` hook (at ``ratio`` times
+    the module's block multiplier)."""
     try:
         merged = get_registry().hook.merge_weights(
-            network=adapter.network, tensors=adapter.modules[name], weight=weight, ratio=ratio
+            network=adapter.network, tensors=adapter.modules[name], weight=weight, ratio=adapter.ratio(ratio, name)
         )
     except KeyError as missing:
         raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
@@ -141,6 +142,7 @@ def merge_into_model(
     v2: bool | None = None,
     v_parameterization: bool | None = None,
     overwrite: bool = False,
+    block_weights: Sequence[str] = (),
 ) -> Path:
     """Merge adapter files into the checkpoint ``sd_model`` and write ``save_to``.
 
@@ -150,7 +152,7 @@ def merge_into_model(
     check_writable(save_to, overwrite)
     merge_dtype = precision_dtype(precision, "--precision") or torch.float32
     save_dtype = precision_dtype(save_precision) or merge_dtype
-    adapters = read_adapters(models)
+    adapters = read_adapters(models, block_weights)
     ratios = resolve_ratios(len(adapters), ratios)
     source, target = Path(sd_model), Path(save_to)
     if not source.exists():

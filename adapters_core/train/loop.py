@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from adapters_core.errors import ConfigError, TrainingDivergedError
 from adapters_core.formats import precision_dtype
+from adapters_core.progress import progress_bar
 from adapters_core.train import components, sampling
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.checkpoints import Checkpoints
@@ -325,12 +326,12 @@ class Trainer:
         self.network.train()
         if step == 0:
             self._sample(0, None)
-        bar = tqdm(
-            total=args.max_train_steps,
+        bar = progress_bar(
+            args.max_train_steps,
+            "steps",
+            unit="step",
             initial=step,
-            desc="steps",
             smoothing=0,
-            dynamic_ncols=True,
             disable=not (self.show_progress and acc.is_local_main_process),
         )
         with GracefulInterrupt() as interrupt:

@@ -13,10 +13,11 @@ import click
 from adapt_cli.options import PRECISIONS, MultiValueCommand, kohya_option, overwrite_option
 
 from adapters_core.errors import ConfigError
+from adapt_cli.block_option import block_weights_option
 from adapters_core.ops.merge import merge_adapters
 from adapters_core.ops.merge_model import merge_into_model
 
-@click.command("merge", cls=MultiValueCommand, multi_value=("models", "ratios"))
+@click.command("merge", cls=MultiValueCommand, multi_value=("models", "ratios", "block_weights"))
 @kohya_option(
     "--sd_model",
     type=click.Path(path_type=Path),
@@ -46,6 +47,7 @@ from adapters_core.ops.merge_model import merge_into_model
 )
 @kohya_option("--concat", is_flag=True, help="Stack the ranks: the written adapter is the exact sum of the deltas.")
 @kohya_option("--shuffle", is_flag=True, help="Permute the rank components of the merged adapter.")
+@block_weights_option()
 @overwrite_option()
 def merge(
     sd_model: Path | None,
@@ -58,6 +60,7 @@ def merge(
     v_parameterization: bool | None,
     concat: bool,
     shuffle: bool,
+    block_weights: tuple[str, ...],
     overwrite: bool,
 ) -> None:
     """Merge adapters into a checkpoint (W += ratio * delta) or into one adapter.
@@ -79,6 +82,7 @@ def merge(
             v2=v2,
             v_parameterization=v_parameterization,
             overwrite=overwrite,
+            block_weights=block_weights,
         )
         click.echo(f"{path}: merged {len(models)} adapter(s) into {sd_model}")
         return
@@ -91,5 +95,6 @@ def merge(
         precision=precision,
         save_precision=save_precision,
         overwrite=overwrite,
+        block_weights=block_weights,
     )
     click.echo(f"{path}: merged {len(models)} adapter(s){' (concatenated ranks)' if concat else ''}")

@@ -13,10 +13,11 @@ import click
 from adapt_cli.options import PRECISIONS, MultiValueCommand
 from adapt_cli.options import kohya_option, overwrite_option
 
+from adapt_cli.block_option import block_weights_option
 from adapters_core.ops.svd_merge import svd_merge as svd_merge_files
 
 
-@click.command("svd-merge", cls=MultiValueCommand, multi_value=("models", "ratios"))
+@click.command("svd-merge", cls=MultiValueCommand, multi_value=("models", "ratios", "block_weights"))
 @kohya_option(
     "--models",
     multiple=True,
@@ -43,6 +44,7 @@ from adapters_core.ops.svd_merge import svd_merge as svd_merge_files
     default=None,
     help="Clamp the factors to this quantile of their absolute values (kohya uses 0.99); off by default.",
 )
+@block_weights_option()
 @overwrite_option()
 def svd_merge(
     models: tuple[Path, ...],
@@ -54,6 +56,7 @@ def svd_merge(
     precision: str,
     save_precision: str | None,
     clamp_quantile: float | None,
+    block_weights: tuple[str, ...],
     overwrite: bool,
 ) -> None:
     """Merge adapters into one of rank --new_rank: the best rank-k fit of sum(ratio * delta).
@@ -71,5 +74,6 @@ def svd_merge(
         save_precision=save_precision,
         clamp_quantile=clamp_quantile,
         overwrite=overwrite,
+        block_weights=block_weights,
     )
     click.echo(f"{path}: svd-merged {len(models)} adapter(s) at rank {new_rank}")
