@@ -8,6 +8,7 @@ model's 32 px) are scaled up by a whole factor so the labels fit.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,24 +29,24 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def wrap(text: str, width: int, size: int) -> list[str]:
-    """``text`` broken into lines no wider than ``width`` pixels (long words are cut)."""
+    """``text`` broken into lines no wider than ``width`` pixels: after spaces, ``-``, ``_`` or
+    ``/`` where possible, inside a word only when it is wider than a line."""
     face = font(size)
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
         line = ""
-        for word in paragraph.split(" "):
-            candidate = f"{line} {word}".strip()
-            if face.getlength(candidate) <= width:
-                line = candidate
+        for token in re.split(r"(?<=[ \-_/])", paragraph):
+            if face.getlength((line + token).rstrip()) <= width:
+                line += token
                 continue
-            if line:
-                lines.append(line)
-            while face.getlength(word) > width and len(word) > 1:
-                cut = max(1, next((i for i in range(len(word), 0, -1) if face.getlength(word[:i]) <= width), 1))
-                lines.append(word[:cut])
-                word = word[cut:]
-            line = word
-        lines.append(line)
+            if line.strip():
+                lines.append(line.rstrip())
+            while face.getlength(token.rstrip()) > width and len(token) > 1:
+                cut = next((i for i in range(len(token) - 1, 0, -1) if face.getlength(token[:i]) <= width), 1)
+                lines.append(token[:cut])
+                token = token[cut:]
+            line = token
+        lines.append(line.rstrip())
     return lines
 
 

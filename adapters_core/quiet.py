@@ -11,10 +11,23 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+
+from tqdm import tqdm
 
 DEPENDENCY_LOGGERS = ("diffusers", "transformers", "accelerate", "httpx", "huggingface_hub", "PIL", "matplotlib", "torch")
 _TORCHVISION_NOTICE = "requires torchvision (not installed)"
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    """Log lines printed above adapt's progress bars instead of through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
 
 
 class _DropTorchvisionNotice(logging.Filter):
@@ -38,7 +51,9 @@ def set_verbosity(level: str) -> None:
 
     verbose = level == "verbose"
     adapt_level = {"quiet": logging.ERROR, "normal": logging.INFO, "verbose": logging.DEBUG}[level]
-    logging.basicConfig(level=adapt_level, format="%(levelname)s: %(message)s", force=True)
+    handler = _BarSafeHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=adapt_level, handlers=[handler], force=True)
     for name in DEPENDENCY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     transformers_logging.set_verbosity(logging.INFO if verbose else logging.ERROR)

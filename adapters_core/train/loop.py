@@ -32,7 +32,9 @@ from adapters_core.train.noise import make_noise_scheduler
 from adapters_core.train.optimizers import build_optimizer, parse_optimizer_args, resolve_optimizer_name
 from adapters_core.train.progress import LossRecorder, lr_logs, seed_step
 from adapters_core.train.runtime import EpochSyncDataset, make_accelerator, make_loader, resolved_seed
+from adapters_core.train.report import TrainingReport
 from adapters_core.train.saving import (
+    DEFAULT_LAST_NAME,
     AdapterWriter,
     OutputNames,
     check_outputs,
@@ -121,7 +123,13 @@ class Trainer:
             self.start_step,
             self.start_step // self.updates_per_epoch,
         )
-        check_outputs(planned, args.overwrite)  # on every process, so none waits for a failed one
+        self.report = TrainingReport(
+            Path(args.output_dir or "."),
+            args.output_name or DEFAULT_LAST_NAME,
+            [prompt.prompt for prompt in self.prompts],
+            enabled=not args.no_report_images and acc.is_main_process,
+        )
+        check_outputs([*planned, *self.report.outputs()], args.overwrite)  # on every process: none waits for one
         self.loader = loader
 
     def _prepare_model(self) -> None:
@@ -217,7 +225,7 @@ class Trainer:
         ):
             return
         self.network.eval()
-        self.samples += sampling.generate_samples(
+        images = sampling.generate_samples(
             self.model,
             self.prompts,
             Path(args.output_dir or ".") / "sample",
@@ -230,6 +238,8 @@ class Trainer:
             device=self.accelerator.device,
             autocast=self.accelerator.autocast,
         )
+        grid = self.report.add_round(step, epoch, images)
+        self.samples += [*images, grid] if grid else images
         self.network.train()
 
     # -- training -----------------------------------------------------------------------
@@ -285,6 +295,7 @@ class Trainer:
             step += 1
             lrs = self.lr_scheduler.get_last_lr()
             bar.update(1)
+            self.report.record_step(step, value, lrs[0] if lrs else None)
             bar.set_postfix(
                 epoch=f"{epoch_index + 1}/{self.num_epochs}",
                 loss=f"{recorder.average:.4f}",
@@ -345,6 +356,7 @@ class Trainer:
         bar.close()
         self.network.eval()
         self.checkpoints.final(step)
+        self.samples += self.report.finish()
         acc.end_training()
         return TrainResult(
             self.names.final(),
