@@ -211,6 +211,7 @@ def make_grid(model: SDModel, model_path: str | os.PathLike[str], request: GridR
     cells = sorted(itertools.product(*sizes), key=lambda c: c[adapter_axis] if adapter_axis is not None else 0)
     varied: Network | None = None
     varied_path: str | None = None
+    varied_hash = ""
     written: list[Path] = []
     first_parameters = ""
     try:
@@ -222,19 +223,21 @@ def make_grid(model: SDModel, model_path: str | os.PathLike[str], request: GridR
                         varied.remove()
                     varied_path = values["adapter"]
                     varied = None if varied_path is None else load_networks(pipe, [varied_path])[0]
+                    varied_hash = "" if varied_path is None else adapter_short_hash(varied_path)
                 varied_defaults = [(varied, 1.0, varied_blocks)] if varied is not None else []
                 fixed_defaults = list(zip(fixed, request.network_mul or [1.0] * len(fixed), fixed_blocks))
                 for network, multiplier, blocks in varied_defaults if adapter_axis is not None else fixed_defaults:
                     network.set_block_multipliers(values.get("blocks", blocks))
                     network.set_multiplier(values.get("mul", multiplier))
                 sampler = values.get("sampler", settings.sampler)
-                cell_pipe = pipes.setdefault(sampler, to_pipeline(model, sampler))
+                if sampler not in pipes:
+                    pipes[sampler] = to_pipeline(model, sampler)
                 active = [n for n in [*fixed, varied] if n is not None]
                 cell_settings = replace(settings, sampler=sampler)
-                item = next(iter(generate(cell_pipe, [_job(request.base, values, seed)], cell_settings, active)))
+                (item,) = generate(pipes[sampler], [_job(request.base, values, seed)], cell_settings, active)
                 infos = [NetworkInfo(name, n.multiplier, h) for (name, h), n in zip(fixed_infos, fixed)]
                 if varied is not None and varied_path is not None:
-                    infos.append(NetworkInfo(Path(varied_path).stem, varied.multiplier, adapter_short_hash(varied_path)))
+                    infos.append(NetworkInfo(Path(varied_path).stem, varied.multiplier, varied_hash))
                 parameters = image_parameters(item, cell_settings, identity, infos)
                 first_parameters = first_parameters or parameters
                 written.append(save_png(item.image, outdir / f"{index + 1 + len(written):05d}-{item.seed}.png",

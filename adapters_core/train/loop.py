@@ -345,7 +345,7 @@ class Trainer:
             smoothing=0,
             disable=not (self.show_progress and acc.is_local_main_process),
         )
-        with GracefulInterrupt() as interrupt:
+        with bar, GracefulInterrupt() as interrupt:  # the bar ends its line before any error is printed
             for epoch_index in range(start_epoch, self.num_epochs):
                 step = self._train_epoch(epoch_index, step, skip, bar, recorder, interrupt)
                 skip = 0
@@ -353,7 +353,6 @@ class Trainer:
                     acc.log({"loss/epoch_average": recorder.average}, step=epoch_index + 1)
                 self.checkpoints.after_epoch(epoch_index + 1, step)
                 self._sample(step, epoch_index + 1)
-        bar.close()
         self.network.eval()
         self.checkpoints.final(step)
         self.samples += self.report.finish()
