@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from adapters_core.blocks import BlockMultipliers
 from adapters_core.errors import ConfigError, FormatError
 from adapters_core.network import Network
 
@@ -26,6 +27,7 @@ def load_networks(
     multipliers: Sequence[float] | None = None,
     merge: bool = False,
     allow_unmatched: bool = False,
+    block_multipliers: Sequence[BlockMultipliers | None] | None = None,
 ) -> list[Network]:
     """Load adapters (kohya, LyCORIS, diffusers or PEFT) onto ``pipe.unet`` and ``pipe.text_encoder``
     and apply them.
@@ -34,17 +36,20 @@ def load_networks(
     the layers' forwards (multipliers stay adjustable, :meth:`Network.remove` undoes it);
     ``merge=True`` adds each delta to the weights instead (no inference overhead, permanent).
     A key that loads nowhere stops loading unless ``allow_unmatched`` (then it is logged).
+    ``block_multipliers`` (one per path, ``None`` for none) weight each file's modules per block.
     """
     count = len(paths)
     multipliers = [1.0] * count if multipliers is None else list(multipliers)
     if len(multipliers) != count:
         raise ConfigError(f"got {count} network files but {len(multipliers)} multipliers; give one multiplier per file")
+    per_file = list(block_multipliers) if block_multipliers is not None else [None] * count
     networks: list[Network] = []
-    for path, multiplier in zip(paths, multipliers):
+    for path, multiplier, blocks in zip(paths, multipliers, per_file, strict=True):
         network = Network.from_file(
             path, unet=pipe.unet, text_encoder=pipe.text_encoder, multiplier=float(multiplier),
             allow_unmatched=allow_unmatched,
         )
+        network.set_block_multipliers(blocks)
         if not any(True for _ in network.adapter_modules()):
             raise FormatError(f"{path}: none of its modules matches a layer of this model; `adapt check` tells why")
         if merge:

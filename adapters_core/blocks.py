@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -178,3 +178,89 @@ class RankPlan:
         if block < 0 or self.lr_weights is None:
             return 1.0
         return self.lr_weights[block]
+
+
+# -- block multipliers at apply time (A1111 "LoRA Block Weight", kohya's --lbws) -----------
+# LBW names the text encoder BASE and the U-Net blocks IN00..IN11, M00, OUT00..OUT11: our
+# block index i is LBW position i + 1. Its 17-value form lists BASE and the blocks a LierLa
+# LoRA adapts on SD 1.x/2.x; blocks it leaves out keep 1.0, as in kohya's svd_merge_lora.
+LBW_NAMES = ("BASE", *(f"IN{i:02d}" for i in range(NUM_DOWN_BLOCKS)), "M00",
+             *(f"OUT{i:02d}" for i in range(NUM_DOWN_BLOCKS)))
+LBW17_NAMES = ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",
+               *(f"OUT{i:02d}" for i in range(3, NUM_DOWN_BLOCKS)))
+# The LoRA Block Weight extension's built-in presets (17-value form).
+BLOCK_WEIGHT_PRESETS: dict[str, str] = {
+    "NONE": "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
+    "ALL": "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
+    "INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0",
+    "IND": "1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0",
+    "INALL": "1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0",
+    "MIDD": "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0",
+    "OUTD": "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0",
+    "OUTS": "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1",
+    "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1",
+    "ALL0.5": ",".join(["0.5"] * 17),
+}
+
+
+@dataclass(frozen=True)
+class BlockMultipliers:
+    """Per-block factors on an adapter's multiplier: one for the text encoder (LBW's BASE)
+    and one per U-Net block (``NUM_BLOCKS``)."""
+
+    text_encoder: float
+    unet: tuple[float, ...]
+    spec: str = ""
+
+    def factor(self, block: int) -> float:
+        """The factor of a module in ``block`` (-1: text encoder)."""
+        return self.text_encoder if block < 0 else self.unet[block]
+
+    def for_module(self, name: str) -> float:
+        """The factor of a module given by its kohya name."""
+        return self.factor(block_index(name))
+
+
+def parse_block_multipliers(text: str, option: str = "--block_weights") -> BlockMultipliers:
+    """A block-weight spec: a preset name (``OUTS``), or 25 (U-Net blocks IN00..OUT11, text
+    encoder 1), 26 (BASE first) or 17 (LBW's form) numbers, comma-separated or a JSON list."""
+    spec = text.strip()
+    values_text = BLOCK_WEIGHT_PRESETS.get(spec.upper(), spec).strip().removeprefix("[").removesuffix("]")
+    try:
+        values = [float(item) for item in values_text.split(",")]
+    except ValueError:
+        presets = ", ".join(BLOCK_WEIGHT_PRESETS)
+        raise BlockSpecError(
+            f"{option} {text!r}: expected a preset ({presets}) or {NUM_BLOCKS}, {NUM_BLOCKS + 1} or "
+            f"{len(LBW17_NAMES)} comma-separated numbers"
+        ) from None
+    if len(values) == len(LBW17_NAMES):
+        by_name = dict(zip(LBW17_NAMES, values))
+        values = [by_name.get(name, 1.0) for name in LBW_NAMES]
+    elif len(values) == NUM_BLOCKS:
+        values = [1.0, *values]
+    elif len(values) != len(LBW_NAMES):
+        raise BlockSpecError(
+            f"{option} {text!r}: got {len(values)} values; expected {NUM_BLOCKS} (IN00..OUT11), "
+            f"{NUM_BLOCKS + 1} (BASE, IN00..OUT11) or {len(LBW17_NAMES)} (LoRA Block Weight's form)"
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise BlockSpecError(f"{option} {text!r}: every value must be a finite number")
+    return BlockMultipliers(values[0], tuple(values[1:]), spec)
+
+
+def module_ratio(ratio: float, multipliers: BlockMultipliers | None, name: str) -> float:
+    """An adapter's ratio for one module (by kohya name) after its block multipliers."""
+    return ratio if multipliers is None else ratio * multipliers.for_module(name)
+
+
+def block_multipliers_per_file(
+    specs: Sequence[str], count: int, option: str = "--block_weights"
+) -> list[BlockMultipliers | None]:
+    """One spec for every file, or one per file (``none`` leaves a file unweighted)."""
+    if not specs:
+        return [None] * count
+    if len(specs) not in (1, count):
+        raise BlockSpecError(f"{option}: got {len(specs)} specs for {count} files; give one, or one per file")
+    parsed = [None if s.strip().lower() == "none" else parse_block_multipliers(s, option) for s in specs]
+    return parsed * count if len(parsed) == 1 else parsed

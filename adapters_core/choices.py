@@ -22,5 +22,8 @@ DEFAULT_SVD = "randomized"
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 """``resize --dynamic_method``: kohya's rules for a per-module rank."""
 
+GRID_AXIS_KINDS = ("adapter", "mul", "blocks", "prompt", "seed", "steps", "cfg", "sampler")
+"""``adapt grid --x/--y/--z KIND=VALUES``: what an axis of the grid varies."""
+
 SAMPLER_NAMES = ("ddim", "pndm", "euler", "euler_a", "dpmsolver++", "dpm", "lms", "ddpm", "heun")
 """``generate --sampler`` / ``--sample_sampler``: the diffusers schedulers adapt builds."""

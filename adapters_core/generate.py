@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
-
 from adapters_core.api import load_networks
+from adapters_core.blocks import block_multipliers_per_file
 from adapters_core.errors import ConfigError, NonFiniteError
 from adapters_core.generate_png import (
     NetworkInfo,
@@ -32,8 +31,9 @@ from adapters_core.generate_png import (
     save_png,
 )
 from adapters_core.generate_prompts import PromptJob
-from adapters_core.models import load_sd_model, to_pipeline
+from adapters_core.models import SDModel, to_pipeline
 from adapters_core.network import Network
+from adapters_core.progress import progress_bar
 from adapters_core.train import text
 
 
@@ -163,7 +163,33 @@ def generate(
             _set_multipliers(networks, defaults)
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """How a PNG names the base model: A1111's name (file stem or folder) and short hash."""
+
+    name: str
+    short_hash: str | None
+
+    @classmethod
+    def of(cls, model_path: str | os.PathLike[str]) -> ModelIdentity:
+        path = Path(model_path)
+        return cls(path.stem if path.is_file() else path.name, model_short_hash(path))
+
+
+def image_parameters(
+    item: GeneratedImage, settings: GenerationSettings, model: ModelIdentity, networks: Sequence[NetworkInfo]
+) -> str:
+    """The A1111 ``parameters`` text of one generated image."""
+    job = item.job
+    return a1111_parameters(
+        prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps, sampler=settings.sampler,
+        scale=job.scale, seed=item.seed, width=job.width, height=job.height, model_name=model.name,
+        model_hash=model.short_hash, networks=networks, clip_skip=settings.clip_skip,
+    )
+
+
 def generate_to_folder(
+    model: SDModel,
     model_path: str | os.PathLike[str],
     jobs: Sequence[PromptJob],
     settings: GenerationSettings,
@@ -173,38 +199,33 @@ def generate_to_folder(
     network_mul: Sequence[float] | None = None,
     merge: bool = False,
     allow_unmatched: bool = False,
-    v2: bool | None = None,
-    v_parameterization: bool | None = None,
-    tokenizer: str | os.PathLike[str] | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
+    block_weights: Sequence[str] = (),
 ) -> list[Path]:
-    """Load the model and networks, generate every image and write it as ``NNNNN-<seed>.png``."""
-    model = load_sd_model(
-        model_path, v2=v2, v_parameterization=v_parameterization, dtype=dtype, tokenizer_path=tokenizer, device=device
-    )
+    """Apply the networks to ``model`` (loaded from ``model_path``), generate every image and
+    write it as ``NNNNN-<seed>.png``.
+
+    ``block_weights``: per-block multiplier specs, one for every file or one per file. A key
+    that loads nowhere stops the run unless ``allow_unmatched``.
+    """
     text.check_clip_skip(model.text_encoder, settings.clip_skip)
     pipe = to_pipeline(model, settings.sampler)
-    networks = load_networks(pipe, network_weights, network_mul, merge=merge, allow_unmatched=allow_unmatched)
-    folder = Path(outdir)
-    model_name = Path(model_path).stem if Path(model_path).is_file() else Path(model_path).name
-    model_hash = model_short_hash(model_path)
+    blocks = block_multipliers_per_file(block_weights, len(network_weights))
+    networks = load_networks(
+        pipe, network_weights, network_mul, merge=merge, allow_unmatched=allow_unmatched, block_multipliers=blocks
+    )
+    folder = Path(outdir)  # made by the first image written
+    identity = ModelIdentity.of(model_path)
     hashes = [adapter_short_hash(path) for path in network_weights]
     index = next_image_index(folder)
     total = len(jobs) * settings.batch_count * settings.images_per_prompt
     written: list[Path] = []
-    with tqdm(total=total, desc="generating", unit="image") as progress:
+    with progress_bar(total, "generating", unit="image") as progress:
         for item in generate(pipe, jobs, settings, networks, merged=merge):
             infos = [
                 NetworkInfo(Path(path).stem, multiplier, short_hash)
                 for path, multiplier, short_hash in zip(network_weights, item.multipliers, hashes)
             ]
-            parameters = a1111_parameters(
-                prompt=item.job.prompt, negative_prompt=item.job.negative_prompt, steps=item.job.steps,
-                sampler=settings.sampler, scale=item.job.scale, seed=item.seed, width=item.job.width,
-                height=item.job.height, model_name=model_name, model_hash=model_hash, networks=infos,
-                clip_skip=settings.clip_skip,
-            )
+            parameters = image_parameters(item, settings, identity, infos)
             written.append(save_png(item.image, folder / f"{index:05d}-{item.seed}.png", parameters))
             index += 1
             progress.update(1)

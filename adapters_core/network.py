@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapters_core.blocks import RankPlan
+from adapters_core.blocks import BlockMultipliers, RankPlan
 from adapters_core.errors import NonFiniteError
 from adapters_core.keys import ldm_unet_aliases
 from adapters_core.matching import (
@@ -56,6 +56,7 @@ class Network(nn.Module):
         self.applied = False
         self.unmatched_keys: list[str] = []
         self.multiplier = 1.0
+        self.block_multipliers: BlockMultipliers | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -241,9 +242,20 @@ class Network(nn.Module):
         return self
 
     def set_multiplier(self, multiplier: float) -> None:
+        """Every module's multiplier: ``multiplier`` times its block's factor, if any."""
         self.multiplier = float(multiplier)
-        for _, module in self.adapter_modules():
-            module.multiplier = self.multiplier
+        for name, module in self.adapter_modules():
+            module.multiplier = self._module_ratio(name, self.multiplier)
+
+    def set_block_multipliers(self, block_multipliers: BlockMultipliers | None) -> None:
+        """Weight the modules per block (A1111's LoRA Block Weight); ``None`` removes the weights."""
+        self.block_multipliers = block_multipliers
+        self.set_multiplier(self.multiplier)
+
+    def _module_ratio(self, name: str, ratio: float) -> float:
+        if self.block_multipliers is None:
+            return ratio
+        return ratio * self.block_multipliers.factor(self.targets[name].block_index)
 
     @torch.no_grad()
     def merge_to(self, multiplier: float | None = None) -> None:
@@ -258,7 +270,10 @@ class Network(nn.Module):
         for name, _ in self.adapter_modules():
             layer = self.targets[name].layer
             new_weight = self.registry.hook.merge_weights(
-                network=self.network_type.name, tensors=self.module_tensors(name), weight=layer.weight, ratio=ratio
+                network=self.network_type.name,
+                tensors=self.module_tensors(name),
+                weight=layer.weight,
+                ratio=self._module_ratio(name, ratio),
             )
             if not torch.isfinite(new_weight).all():
                 raise NonFiniteError(f"{name}: merging gives non-finite weights; nothing was merged")

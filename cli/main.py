@@ -8,7 +8,6 @@ libraries it needs when it runs, so ``--help`` and argument errors answer at onc
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ import click
 from adapt_cli.commands import COMMANDS
 
 from adapters_core.errors import AdaptError
+from adapters_core.quiet import set_verbosity
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -36,16 +36,14 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="adapt")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages (and show tracebacks of internal errors).")
-@click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show the libraries' log lines, progress bars, warnings and tracebacks of internal errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and the final summary.")
+def cli(verbose: bool, quiet: bool) -> None:
     """Train, combine and apply LoRA-family adapters for Stable Diffusion (kohya-compatible)."""
-    ctx.obj = {"verbose": verbose}
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s", force=True
-    )
-    for noisy in ("diffusers", "transformers", "accelerate", "httpx", "huggingface_hub", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    if verbose and quiet:
+        raise click.UsageError("--verbose and --quiet exclude each other")
+    set_verbosity("verbose" if verbose else "quiet" if quiet else "normal")
 
 
 for command in COMMANDS:

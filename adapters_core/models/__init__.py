@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # adapt shows its own progress, not the libraries'
 
 from adapters_core.models.components import SDModel  # noqa: E402
+from adapters_core.quiet import apply_library_verbosity  # noqa: E402
 from adapters_core.models.loader import load_sd_model  # noqa: E402
 from adapters_core.models.pipeline import to_pipeline  # noqa: E402
 from adapters_core.models.single_file import read_checkpoint, save_diffusers, save_single_file  # noqa: E402
@@ -23,6 +24,8 @@ from adapters_core.models.tiny import (  # noqa: E402
     build_tiny_model,
     write_tiny_model,
 )
+
+apply_library_verbosity()  # the libraries imported above log and draw bars only with --verbose
 
 __all__ = [
     "SDModel",

@@ -11,15 +11,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from adapters_core.blocks import BlockMultipliers, block_multipliers_per_file, module_ratio
 from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError, UnknownNetworkError
 from adapters_core.adapter_source import read_adapter_file
 from adapters_core.features import refuse_features
@@ -29,12 +29,12 @@ from adapters_core.metadata import flags_from_metadata
 from adapters_core.network import split_module_keys
 from adapters_core.ops.factors import factors_of
 from adapters_core.plugins import get_registry
+from adapters_core.progress import progress, progress_bar  # noqa: F401 (the ops import them from here)
 
 log = logging.getLogger("adapters_core.ops")
 
 ModuleTensors = dict[str, torch.Tensor]
 ShapeTable = Mapping[str, torch.Size]
-T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +46,11 @@ class Adapter:
     modules: dict[str, ModuleTensors]
     metadata: dict[str, str]
     source_format: str = "kohya"  # how the file stored them: kohya, diffusers or peft
+    block_multipliers: BlockMultipliers | None = None
+
+    def ratio(self, ratio: float, name: str) -> float:
+        """The ratio of module ``name`` after this file's block multipliers (``--block_weights``)."""
+        return module_ratio(ratio, self.block_multipliers, name)
 
     @property
     def title(self) -> str:
@@ -89,10 +94,15 @@ def read_adapter(path: str | os.PathLike[str]) -> Adapter:
     return Adapter(Path(path), network, modules, loaded.metadata, loaded.source_format)
 
 
-def read_adapters(paths: Sequence[str | os.PathLike[str]]) -> list[Adapter]:
+def read_adapters(paths: Sequence[str | os.PathLike[str]], block_weights: Sequence[str] = ()) -> list[Adapter]:
+    """The adapter files, each with its block multipliers (one spec for all, or one per file)."""
     if not paths:
         raise ConfigError("--models: give at least one adapter file")
-    return [read_adapter(path) for path in paths]
+    weights = block_multipliers_per_file(block_weights, len(paths))
+    adapters = [read_adapter(path) for path in paths]
+    for adapter, multipliers in zip(adapters, weights, strict=True):
+        adapter.block_multipliers = multipliers
+    return adapters
 
 
 def resolve_ratios(count: int, ratios: Sequence[float] | None) -> list[float]:
@@ -210,14 +220,3 @@ class LayerShapes:
             f"{name}: cannot tell the weight shape of its layer (no SD 1.x/2.x or tiny-model layer of that "
             f"name fits the tensors of type '{network}')"
         )
-
-
-# -- progress -----------------------------------------------------------------------------
-def progress(items: Iterable[T], description: str, total: int | None = None, unit: str = "module") -> Iterator[T]:
-    """A tqdm bar (rate and ETA) on stderr."""
-    return iter(tqdm(items, desc=description, total=total, unit=unit, dynamic_ncols=True, mininterval=0.5))
-
-
-def progress_bar(total: int, description: str, unit: str = "module") -> tqdm:
-    """A tqdm bar to advance by hand (``with progress_bar(n, "...") as bar: bar.update()``)."""
-    return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, mininterval=0.5)

@@ -56,11 +56,12 @@ def merge_adapters(
     save_precision: str | None = None,
     overwrite: bool = False,
     generator: torch.Generator | None = None,
+    block_weights: Sequence[str] = (),
 ) -> Path:
     """Merge adapter files into one and write it to ``save_to``; returns the path written."""
     check_writable(save_to, overwrite)
     dtype = precision_dtype(save_precision or precision)
-    adapters = read_adapters(models)
+    adapters = read_adapters(models, block_weights)
     ratios = resolve_ratios(len(adapters), ratios)
     network = adapters[0].network
     factor_mode = all(is_factor_based(a.network) for a in adapters)
@@ -75,7 +76,7 @@ def merge_adapters(
     shapes = LayerShapes(v2=adapters[0].flags[0])
     outputs: dict[str, ModuleOut] = {}
     for name in progress(union_names(adapters), "merging adapters"):
-        terms = [(a, r, a.modules[name]) for a, r in zip(adapters, ratios, strict=True) if name in a.modules]
+        terms = [(a, a.ratio(r, name), a.modules[name]) for a, r in zip(adapters, ratios, strict=True) if name in a.modules]
         if factor_mode:
             factors = [_factors(name, term) for term in terms]
             up, down, alpha = _concat(name, terms, factors) if concat else _blend(name, terms, factors)

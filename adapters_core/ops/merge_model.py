@@ -37,11 +37,12 @@ _MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping
 def merge_module(
     adapter: Adapter, name: str, weight: torch.Tensor, ratio: float, save_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """One module merged into ``weight`` through the type's ``merge_weights`` hook; refused when
-    the result is not finite, in the merge precision or once cast to ``save_dtype``."""
+    """One module merged into ``weight`` through the type's ``merge_weights`` hook (at ``ratio`` times
+    the module's block multiplier); refused when the result is not finite, in the merge precision
+    or once cast to ``save_dtype``."""
     try:
         merged = get_registry().hook.merge_weights(
-            network=adapter.network, tensors=adapter.modules[name], weight=weight, ratio=ratio
+            network=adapter.network, tensors=adapter.modules[name], weight=weight, ratio=adapter.ratio(ratio, name)
         )
     except KeyError as missing:
         raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
@@ -153,6 +154,7 @@ def merge_into_model(
     v_parameterization: bool | None = None,
     overwrite: bool = False,
     allow_unmatched: bool = False,
+    block_weights: Sequence[str] = (),
 ) -> Path:
     """Merge adapter files into the checkpoint ``sd_model`` and write ``save_to``.
 
@@ -162,7 +164,7 @@ def merge_into_model(
     check_writable(save_to, overwrite)
     merge_dtype = precision_dtype(precision, "--precision") or torch.float32
     save_dtype = precision_dtype(save_precision) or merge_dtype
-    adapters = read_adapters(models)
+    adapters = read_adapters(models, block_weights)
     ratios = resolve_ratios(len(adapters), ratios)
     source, target = Path(sd_model), Path(save_to)
     if not source.exists():

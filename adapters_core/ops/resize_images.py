@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from adapters_core.atomic import atomic_path, check_writable
 from adapters_core.errors import ConfigError, DatasetError, OutputExistsError
+from adapters_core.progress import progress
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 DEFAULT_MAX_RESOLUTION = "512x512,384x384,256x256,128x128"
@@ -205,7 +206,7 @@ def resize_images(
         _copy(path, dst / path.name, overwrite)
         report.copied += 1
 
-    for path in tqdm(images, desc="resizing", unit="image"):
+    for path in progress(images, "resizing", total=len(images), unit="image"):
         try:
             original = _load_rgb(path)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -57,6 +57,7 @@ def svd_merge(
     save_precision: str | None = None,
     clamp_quantile: float | None = None,
     overwrite: bool = False,
+    block_weights: Sequence[str] = (),
 ) -> Path:
     """SVD-merge adapter files into one of rank ``new_rank`` and write it; returns the path.
 
@@ -69,7 +70,7 @@ def svd_merge(
         raise ConfigError(f"--clamp_quantile {clamp_quantile}: expected a value in (0, 1]")
     check_writable(save_to, overwrite)
     dtype = precision_dtype(save_precision or precision)
-    adapters = read_adapters(models)
+    adapters = read_adapters(models, block_weights)
     ratios = resolve_ratios(len(adapters), ratios)
     network = adapters[0].network
     shapes = LayerShapes(v2=adapters[0].flags[0])
@@ -77,7 +78,7 @@ def svd_merge(
     _check_all_layers(adapters, ratios, names)
     outputs: dict[str, ModuleOut] = {}
     for name in progress(names, "svd-merge"):
-        terms = [(a, r, a.modules[name]) for a, r in zip(adapters, ratios, strict=True) if name in a.modules]
+        terms = [(a, a.ratio(r, name), a.modules[name]) for a, r in zip(adapters, ratios, strict=True) if name in a.modules]
         factored = _factored(name, terms, network, torch.device(device), new_rank, new_conv_rank, clamp_quantile)
         outputs[name] = factored or _from_deltas(
             name, terms, network, shapes, torch.device(device), new_rank, new_conv_rank, clamp_quantile

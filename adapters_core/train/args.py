@@ -272,6 +272,10 @@ class TrainArgs:
     sample_sampler: str = opt(
         "ddim", "Sampler of sample images: ddim, pndm, lms, euler, euler_a, heun, dpmsolver++, ddpm.", type=str
     )
+    no_report_images: bool = opt(
+        False, "Do not write the sample grids, the contact sheet and the loss plot (adapt's training report).",
+        kind="flag",
+    )
     # -- config files ------------------------------------------------------------------
     config_file: str | None = opt(None, "Toml file of these arguments (command-line flags override it).", type=str)
     output_config: bool = opt(False, "Write the arguments to --config_file and exit.", kind="flag")

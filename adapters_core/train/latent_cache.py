@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from adapters_core.progress import progress_bar
 from adapters_core.train.dataset import (
     LATENT_FACTOR,
     ImageDataset,
@@ -116,7 +116,7 @@ class LatentCache:
                 continue
             todo.setdefault(record.bucket_reso, []).extend((record, flip) for flip in flips)
         total = sum(len(items) for items in todo.values())
-        bar = tqdm(total=total, desc="caching latents", unit="img", disable=not show_progress or total == 0)
+        bar = progress_bar(total, "caching latents", unit="img", disable=not show_progress or total == 0)
         encoded: dict[Path, dict[bool, torch.Tensor]] = {}
         records: dict[Path, ImageRecord] = {}
         for reso, items in todo.items():

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from adapters_core.errors import ConfigError, TrainingDivergedError
 from adapters_core.formats import precision_dtype
+from adapters_core.progress import progress_bar
 from adapters_core.train import components, sampling, text
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.checkpoints import Checkpoints
@@ -33,7 +34,9 @@ from adapters_core.train.noise import make_noise_scheduler
 from adapters_core.train.optimizers import build_optimizer, parse_optimizer_args, resolve_optimizer_name
 from adapters_core.train.progress import LossRecorder, lr_logs, seed_step
 from adapters_core.train.runtime import EpochSyncDataset, make_accelerator, make_loader, resolved_seed
+from adapters_core.train.report import TrainingReport
 from adapters_core.train.saving import (
+    DEFAULT_LAST_NAME,
     AdapterWriter,
     OutputNames,
     check_outputs,
@@ -133,7 +136,13 @@ class Trainer:
             self.start_step,
             self.start_step // self.updates_per_epoch,
         )
-        check_outputs(planned, args.overwrite)  # on every process, so none waits for a failed one
+        self.report = TrainingReport(
+            Path(args.output_dir or "."),
+            args.output_name or DEFAULT_LAST_NAME,
+            [prompt.prompt for prompt in self.prompts],
+            enabled=not args.no_report_images and acc.is_main_process,
+        )
+        check_outputs([*planned, *self.report.outputs()], args.overwrite)  # on every process: none waits for one
         self.loader = loader
 
     def _prepare_model(self) -> None:
@@ -265,7 +274,7 @@ class Trainer:
         ):
             return
         self.network.eval()
-        self.samples += sampling.generate_samples(
+        images = sampling.generate_samples(
             self.model,
             self.prompts,
             Path(args.output_dir or ".") / "sample",
@@ -278,6 +287,8 @@ class Trainer:
             device=self.accelerator.device,
             autocast=self.accelerator.autocast,
         )
+        grid = self.report.add_round(step, epoch, images)
+        self.samples += [*images, grid] if grid else images
         self.network.train()
 
     # -- training -----------------------------------------------------------------------
@@ -332,6 +343,7 @@ class Trainer:
             step += 1
             lrs = self.lr_scheduler.get_last_lr()
             bar.update(1)
+            self.report.record_step(step, value, lrs[0] if lrs else None)
             bar.set_postfix(
                 epoch=f"{epoch_index + 1}/{self.num_epochs}",
                 loss=f"{recorder.average:.4f}",
@@ -392,15 +404,15 @@ class Trainer:
         self.network.train()
         if step == 0:
             self._sample(0, None)
-        bar = tqdm(
-            total=args.max_train_steps,
+        bar = progress_bar(
+            args.max_train_steps,
+            "steps",
+            unit="step",
             initial=step,
-            desc="steps",
             smoothing=0,
-            dynamic_ncols=True,
             disable=not (self.show_progress and acc.is_local_main_process),
         )
-        with GracefulInterrupt() as interrupt, bar:  # the bar ends its line before any message
+        with bar, GracefulInterrupt() as interrupt:  # the bar ends its line before any error is printed
             for epoch_index in range(start_epoch, self.num_epochs):
                 step = self._train_epoch(epoch_index, step, skip, bar, recorder, interrupt)
                 skip = 0
@@ -410,6 +422,7 @@ class Trainer:
                 self._sample(step, epoch_index + 1)
         self.network.eval()
         self.checkpoints.final(step)
+        self.samples += self.report.finish()
         acc.end_training()
         return TrainResult(
             self.names.final(),

@@ -1,8 +1,10 @@
 """``adapt quickstart``: train a LoRA on the bundled tiny model and demo data, offline, in seconds.
 
 Writes ``<work>/model`` (the tiny SD1-style model, a Diffusers folder), ``<work>/data`` (the
-demo DreamBooth dataset) and ``<work>/output/quickstart.safetensors``, then reports the
-denoising loss of the model on the training images without and with the LoRA.
+demo DreamBooth dataset and sample prompts) and ``<work>/output/quickstart.safetensors`` with
+checkpoints at each third of the run and the training report (sample grids, contact sheet,
+loss plot), then reports the denoising loss of the model on the training images without and
+with the LoRA and draws ``adapt grid``'s checkpoints-by-multiplier grid into ``<work>/output/grid``.
 
 It runs on one torch thread: the tiny model's operations are too small for a second thread to
 gain much (about 20%), and a single thread keeps the run at seconds when another job shares
@@ -19,7 +21,10 @@ from pathlib import Path
 import torch
 
 from adapters_core.atomic import atomic_path
-from adapters_core.models import load_sd_model, write_tiny_model
+from adapters_core.generate import GenerationSettings
+from adapters_core.generate_prompts import PromptJob
+from adapters_core.grid import Axis, GridRequest, make_grid
+from adapters_core.models import SDModel, load_sd_model, write_tiny_model
 from adapters_core.network import Network
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.components import build_dataset
@@ -30,6 +35,9 @@ from adapters_core.train.loop import train
 
 QUICKSTART_STEPS = 120
 IMAGE_SIZE = 32
+SAMPLE_PROMPTS = ("sks shape, red circle", "sks shape, blue square", "sks shape, green circle")
+SAMPLE_STEPS = 8
+GRID_MULTIPLIERS = (0.0, 0.5, 1.0)
 
 
 @dataclass
@@ -39,12 +47,15 @@ class QuickstartResult:
     seconds: float
     loss_before: float
     loss_after: float
+    grid: Path
+    report: list[Path]
 
 
 def quickstart_args(
     work_dir: Path, *, steps: int = QUICKSTART_STEPS, seed: int = 0, overwrite: bool = False
 ) -> TrainArgs:
     """The training arguments of the quickstart (also a worked example of the flags)."""
+    third = max(1, steps // 3)
     return TrainArgs(
         pretrained_model_name_or_path=str(work_dir / "model"),
         train_data_dir=str(work_dir / "data" / "img"),
@@ -60,6 +71,10 @@ def quickstart_args(
         seed=seed,
         cache_latents=True,
         max_data_loader_n_workers=0,
+        save_every_n_steps=third,
+        sample_prompts=str(work_dir / "data" / "prompts.txt"),
+        sample_every_n_steps=third,
+        sample_at_first=True,
         overwrite=overwrite,
     )
 
@@ -79,7 +94,8 @@ def _dataset_complete(folder: Path) -> bool:
 
 
 def prepare_workspace(work_dir: Path) -> None:
-    """Write the tiny model and the demo data unless they are there (both are deterministic).
+    """Write the tiny model, the demo data and the sample prompts unless they are there (all
+    deterministic).
 
     Each is built under a temporary name and renamed into place when complete; one left
     incomplete by an older version or by hand is rebuilt, so training never sees part of it.
@@ -90,6 +106,11 @@ def prepare_workspace(work_dir: Path) -> None:
     if not _dataset_complete(data):
         with atomic_path(data, overwrite=True) as tmp:
             write_demo_dataset(tmp, n_images=DEMO_IMAGES, size=IMAGE_SIZE, seed=0)
+    prompts = data / "prompts.txt"
+    if not prompts.is_file():
+        size = f"--w {IMAGE_SIZE} --h {IMAGE_SIZE} --s {SAMPLE_STEPS}"
+        with atomic_path(prompts) as tmp:
+            tmp.write_text("".join(f"{p} {size} --d {i + 1}\n" for i, p in enumerate(SAMPLE_PROMPTS)), encoding="utf-8")
 
 
 def run_quickstart(
@@ -119,6 +140,23 @@ def _run(work: Path, steps: int, seed: int, overwrite: bool, show_progress: bool
     model = load_sd_model(work / "model")
     dataset = build_dataset(args, None)
     before = denoising_loss(model, dataset, seed=seed)
-    Network.from_file(result.output, unet=model.unet, text_encoder=model.text_encoder).apply()
+    network = Network.from_file(result.output, unet=model.unet, text_encoder=model.text_encoder).apply()
     after = denoising_loss(model, dataset, seed=seed)
-    return QuickstartResult(result.output, result.steps, seconds, before, after)
+    network.remove()
+    checkpoints = sorted(p for p in result.files if p.suffix == ".safetensors" and p != result.output)
+    if result.steps % (args.save_every_n_steps or 1):  # the last checkpoint is not the final LoRA
+        checkpoints.append(result.output)
+    grid = checkpoint_grid(model, work, checkpoints, seed)
+    report = [p for p in result.files if p.suffix == ".png" and p.parent == result.output.parent]
+    return QuickstartResult(result.output, result.steps, seconds, before, after, grid, report)
+
+
+def checkpoint_grid(model: SDModel, work: Path, adapters: list[Path], seed: int) -> Path:
+    """The checkpoints (columns) by multiplier (rows) grid of the first sample prompt."""
+    request = GridRequest(
+        axes=[Axis("adapter", tuple(str(p) for p in adapters)), Axis("mul", GRID_MULTIPLIERS)],
+        base=PromptJob(SAMPLE_PROMPTS[0], width=IMAGE_SIZE, height=IMAGE_SIZE, steps=SAMPLE_STEPS),
+        settings=GenerationSettings(seed=seed + 1),
+        title=f"quickstart: checkpoints by multiplier, '{SAMPLE_PROMPTS[0]}'",
+    )
+    return make_grid(model, work / "model", request, work / "output" / "grid").grid

@@ -8,6 +8,7 @@ from adapt_cli.commands.check import check
 from adapt_cli.commands.convert import convert
 from adapt_cli.commands.extract import extract
 from adapt_cli.commands.generate import generate
+from adapt_cli.commands.grid import grid
 from adapt_cli.commands.inspect import inspect
 from adapt_cli.commands.merge import merge
 from adapt_cli.commands.networks import networks
@@ -27,6 +28,7 @@ COMMANDS: list[click.Command] = [
     resize,
     inspect,
     generate,
+    grid,
     check,
     convert,
     resize_images,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from adapt_cli.block_option import block_weights_option
 from adapt_cli.options import (
     ADAPTER,
     FINITE,
@@ -27,7 +28,7 @@ from adapters_core.errors import ConfigError
 ADAPTER_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
-@click.command("merge", cls=MultiValueCommand, multi_value=("models", "ratios"))
+@click.command("merge", cls=MultiValueCommand, multi_value=("models", "ratios", "block_weights"))
 @kohya_option(
     "--sd_model",
     type=INPUT_PATH,
@@ -60,6 +61,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 @kohya_option("--allow_unmatched", is_flag=True,
               help="With --sd_model: merge the modules that name a layer of the model and list the others "
               "(default: stop when a module names no layer).")
+@block_weights_option()
 @overwrite_option()
 def merge(
     sd_model: Path | None,
@@ -73,6 +75,7 @@ def merge(
     concat: bool,
     shuffle: bool,
     allow_unmatched: bool,
+    block_weights: tuple[str, ...],
     overwrite: bool,
 ) -> None:
     """Merge adapters into a checkpoint (W += ratio * delta) or into one adapter.
@@ -102,6 +105,7 @@ def merge(
             v_parameterization=v_parameterization,
             overwrite=overwrite,
             allow_unmatched=allow_unmatched,
+            block_weights=block_weights,
         )
         click.echo(f"{path}: merged {len(models)} adapter(s) into {sd_model}")
         return
@@ -116,5 +120,6 @@ def merge(
         precision=precision,
         save_precision=save_precision,
         overwrite=overwrite,
+        block_weights=block_weights,
     )
     click.echo(f"{path}: merged {len(models)} adapter(s){' (concatenated ranks)' if concat else ''}")

@@ -35,6 +35,9 @@ def quickstart(output_dir: Path, max_train_steps: int | None, seed: int, overwri
         f"{result.loss_after:.4f} with it"
     )
     click.echo(f"LoRA written to {result.adapter}")
+    for path in result.report:
+        click.echo(f"training report: {path}")
+    click.echo(f"checkpoints by multiplier: {result.grid}")
     click.echo(
         f"next: adapt train --pretrained_model_name_or_path {output_dir / 'model'} "
         f"--train_data_dir {output_dir / 'data' / 'img'} --caption_extension .txt --resolution 32 "

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from adapt_cli.block_option import block_weights_option
 from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
     ADAPTER,
@@ -26,7 +27,7 @@ from adapt_cli.options import (
 )
 
 
-@click.command("svd-merge", cls=MultiValueCommand, multi_value=("models", "ratios"))
+@click.command("svd-merge", cls=MultiValueCommand, multi_value=("models", "ratios", "block_weights"))
 @kohya_option(
     "--models",
     multiple=True,
@@ -53,6 +54,7 @@ from adapt_cli.options import (
     default=None,
     help="Clamp the factors to this quantile of their absolute values (kohya uses 0.99); off by default.",
 )
+@block_weights_option()
 @overwrite_option()
 def svd_merge(
     models: tuple[Path, ...],
@@ -64,6 +66,7 @@ def svd_merge(
     precision: str,
     save_precision: str | None,
     clamp_quantile: float | None,
+    block_weights: tuple[str, ...],
     overwrite: bool,
 ) -> None:
     """Merge adapters into one of rank --new_rank: the best rank-k fit of sum(ratio * delta).
@@ -86,5 +89,6 @@ def svd_merge(
         save_precision=save_precision,
         clamp_quantile=clamp_quantile,
         overwrite=overwrite,
+        block_weights=block_weights,
     )
     click.echo(f"{path}: svd-merged {len(models)} adapter(s) at rank {new_rank}")

@@ -145,12 +145,36 @@ def test_sample_images_during_training(workspace: Workspace, tmp_path: Path) -> 
         "s",
     )
     assert run_adapt(["train", *argv]).code == 0
-    images = sorted(p.name for p in (tmp_path / "out" / "sample").iterdir())
+    sample = tmp_path / "out" / "sample"
+    images = sorted(p.name for p in sample.iterdir() if not p.name.endswith("_grid.png"))
     assert len(images) == 4
     assert images[0].startswith("s_000000_00_") and images[0].endswith("_5.png")
     assert images[2].startswith("s_000002_00_")
-    with Image.open(tmp_path / "out" / "sample" / images[0]) as image:
+    with Image.open(sample / images[0]) as image:
         assert image.size == (64, 64)
+    assert_training_report(tmp_path / "out", [[sample / n for n in images[:2]], [sample / n for n in images[2:]]])
+
+
+def assert_training_report(out: Path, rounds: list[list[Path]]) -> None:
+    """One grid per sampling round, a contact sheet whose cells are the sample images, a loss plot."""
+    from adapters_core.grid_image import GridLayout, display_scale
+    from adapters_core.train.report import prompt_label
+
+    grids = sorted((out / "sample").glob("*_grid.png"))
+    assert [g.name[:9] for g in grids] == ["s_000000_", "s_000002_"]
+    scale = display_scale(64, 64)
+    columns = [prompt_label("sks shape, red circle"), prompt_label("sks shape")]
+    layout = GridLayout("s: samples", columns, ["step 0", "step 2"], [""], 64 * scale, 64 * scale)
+    with Image.open(out / "s_samples.png") as sheet:
+        assert sheet.size == (layout.width, layout.height)
+        for row, images in enumerate(rounds):
+            for column, path in enumerate(images):
+                x, y = layout.cell_origin(column, row)
+                cell = sheet.crop((x, y, x + layout.cell_width, y + layout.cell_height)).resize((64, 64), Image.NEAREST)
+                with Image.open(path) as image:
+                    assert list(cell.convert("RGB").getdata()) == list(image.convert("RGB").getdata())
+    with Image.open(out / "s_loss.png") as plot:
+        assert plot.size == (800, 450) and len(plot.convert("L").getcolors(1 << 16)) > 10  # drawn, not blank
 
 
 def test_network_dropout_needs_a_type_that_has_it(tmp_path: Path) -> None:

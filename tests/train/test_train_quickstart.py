@@ -33,5 +33,37 @@ def test_quickstart_learns_and_changes_the_unet(tmp_path: Path, capsys) -> None:
         adapted = model.unet(*inputs).sample
     assert (adapted - base).abs().max() > 1e-3
 
+    assert_report_and_grid(tmp_path / "output", run.output)
+
     again = run_adapt(["quickstart", "--output_dir", str(tmp_path), "--max_train_steps", "2"], capsys)
     assert again.code == 2 and "pass --overwrite" in again.output
+
+
+def assert_report_and_grid(output: Path, printed: str) -> None:
+    """Samples at steps 0, 10, 20, 30 (one grid each), the contact sheet, the loss plot, and the
+    checkpoints-by-multiplier grid whose multiplier-0 images are the base model's for every checkpoint."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from adapters_core.generate_png import PARAMETERS_KEY
+    from adapters_core.grid import GRID_KEY
+
+    assert len(list((output / "sample").glob("*_grid.png"))) == 4
+    for name in ("quickstart_samples.png", "quickstart_loss.png"):
+        assert f"training report: {output / name}" in printed
+    grid_file = output / "grid" / "grid-00000.png"
+    assert f"checkpoints by multiplier: {grid_file}" in printed
+    with Image.open(grid_file) as grid:
+        axes = json.loads(grid.text[GRID_KEY])["axes"]
+    assert axes[0]["values"] == [f"quickstart-step{n:08d}" for n in (10, 20, 30)]
+    cells = {}
+    for single in (output / "grid").glob("0*.png"):
+        with Image.open(single) as image:
+            tag = image.text[PARAMETERS_KEY].split("<lora:")[1].split(">")[0]
+            cells[tag] = np.asarray(image.convert("RGB"))
+    assert len(cells) == 9
+    base = cells["quickstart-step00000010:0"]
+    assert all(np.array_equal(base, cells[f"quickstart-step{n:08d}:0"]) for n in (20, 30))
+    assert not np.array_equal(base, cells["quickstart-step00000030:1"])

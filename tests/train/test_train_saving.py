@@ -38,6 +38,7 @@ def test_save_every_n_epochs_and_steps_with_kohya_names_and_pruning(workspace: W
         "run-step00000004.safetensors",
         "run-step00000006.safetensors",
         "run.safetensors",
+        "run_loss.png",  # the training report's loss plot
     ]
     epoch1 = load_metadata(tmp_path / "run-000001.safetensors")
     assert epoch1["ss_epoch"] == "1" and epoch1["ss_steps"] == "2"
@@ -60,6 +61,7 @@ def test_default_checkpoint_names_and_max_train_epochs(workspace: Workspace, tmp
         "1",
         "--save_last_n_epochs",
         "1",
+        "--no_report_images",
     )
     assert run_adapt(["train", *argv]).code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
