@@ -135,11 +135,12 @@ def _is_flag(token: str) -> bool:
     return False
 
 
-def expand_multi_value(args: Sequence[str], flags: frozenset[str]) -> list[str]:
+def expand_multi_value(args: Sequence[str], flags: frozenset[str], *, allow_empty: bool = False) -> list[str]:
     """``--models a b --ratios 1 -0.5`` -> ``--models a --models b --ratios 1 --ratios -0.5``.
 
     kohya's argparse ``nargs="*"``/``"+"`` flags take every following value up to the next flag
-    (a negative number is a value); ``--flag=value`` starts the list with ``value``.
+    (a negative number is a value); ``--flag=value`` starts the list with ``value``. A flag
+    without values is dropped with ``allow_empty`` (``nargs="*"``), else left for click to report.
     """
     out: list[str] = []
     current: str | None = None
@@ -153,7 +154,7 @@ def expand_multi_value(args: Sequence[str], flags: frozenset[str]) -> list[str]:
             out += [current, token]
             consumed = True
             continue
-        if current is not None and not consumed:
+        if current is not None and not consumed and not allow_empty:
             out.append(current)  # a flag without value: let click report it
         name, equals, inline = token.partition("=")
         current, consumed = (name, False) if name in flags else (None, False)
@@ -162,7 +163,7 @@ def expand_multi_value(args: Sequence[str], flags: frozenset[str]) -> list[str]:
         elif equals:
             out += [current, inline]
             consumed = True
-    if current is not None and not consumed:
+    if current is not None and not consumed and not allow_empty:
         out.append(current)
     return out
 

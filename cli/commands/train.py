@@ -62,7 +62,7 @@ def rewrite_argv(argv: list[str]) -> list[str]:
             continue
         kept.append(token)
     multi = frozenset(s for name, spec in field_specs().items() if spec["kind"] == "list" for s in _spellings(name))
-    return expand_multi_value(kept, multi)
+    return expand_multi_value(kept, multi, allow_empty=True)  # kohya's nargs="*": no value is no value
 
 
 class KohyaCommand(click.Command):
