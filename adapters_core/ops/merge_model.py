@@ -33,8 +33,14 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping names
 
 
-def merge_module(adapter: Adapter, name: str, weight: torch.Tensor, ratio: float) -> torch.Tensor:
-    """One module merged into ``weight`` through the type's ``merge_weights`` hook."""
+def merge_module(
+    adapter: Adapter, name: str, weight: torch.Tensor, ratio: float, *, check_finite: bool = True
+) -> torch.Tensor:
+    """One module merged into ``weight`` through the type's ``merge_weights`` hook.
+
+    ``check_finite=False`` leaves the NaN/inf check to the caller (see :func:`require_finite`),
+    who checks the tensor it saves once, after every adapter and the cast to the save dtype.
+    """
     try:
         merged = get_registry().hook.merge_weights(
             network=adapter.network, tensors=adapter.modules[name], weight=weight, ratio=ratio
@@ -43,9 +49,15 @@ def merge_module(adapter: Adapter, name: str, weight: torch.Tensor, ratio: float
         raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
     if merged is None:
         raise UnknownNetworkError(f"network type '{adapter.network}': no installed plugin merges its modules")
-    if not torch.isfinite(merged.sum(dtype=torch.float32)):  # NaN/inf reach the sum: one pass, no mask
-        raise ShapeMismatchError(f"{adapter.path}: {name}: merging gives non-finite weights; nothing was written")
+    if check_finite:
+        require_finite(merged, f"{adapter.path}: {name}")
     return merged
+
+
+def require_finite(tensor: torch.Tensor, what: str) -> None:
+    """Refuse NaN/inf (they reach the sum: one pass, no mask)."""
+    if not torch.isfinite(tensor.sum(dtype=torch.float32)):
+        raise ShapeMismatchError(f"{what}: merging gives non-finite weights; nothing was written")
 
 
 def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> None:
@@ -228,8 +240,11 @@ def _merge_streaming(
             for i, name in enumerate(held):
                 for adapter, ratio in zip(adapters, ratios, strict=True):
                     if name in adapter.modules:
-                        parts[i] = merge_module(adapter, name, parts[i], ratio)
-            return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
+                        parts[i] = merge_module(adapter, name, parts[i], ratio, check_finite=False)
+            result = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
+            # checked as saved: fewer bytes than the merge dtype, and an overflow of the cast is caught
+            require_finite(result, f"{', '.join(str(a.path) for a in adapters)}: {key}")
+            return result
 
         keys = list(reader)
         with atomic_path(target, overwrite) as tmp, _threads(torch.get_num_threads() - 1):
