@@ -25,7 +25,7 @@ from adapters_core.errors import FormatError, ModelLoadError, ShapeMismatchError
 from adapters_core.formats import precision_dtype
 from adapters_core.metadata import modelspec_metadata
 from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progress_bar, read_adapters, resolve_ratios
-from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, open_checkpoint
+from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, open_checkpoint, reused_heap
 from adapters_core.plugins import get_registry
 from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, all_targets, kohya_name, text_encoder_module_path
 
@@ -168,13 +168,14 @@ def merge_into_model(
     if not source.exists():
         raise ModelLoadError(f"{source}: no such file or folder; expected a checkpoint or a Diffusers model folder")
     titles = [source.stem] + [a.title for a in adapters]
-    if source.is_file() and target.suffix.lower() in SINGLE_FILE_SUFFIXES:
-        return _merge_streaming(
-            source, target, adapters, ratios, merge_dtype, save_dtype, v2, bool(v_parameterization), titles, overwrite
+    with reused_heap():
+        if source.is_file() and target.suffix.lower() in SINGLE_FILE_SUFFIXES:
+            return _merge_streaming(
+                source, target, adapters, ratios, merge_dtype, save_dtype, v2, bool(v_parameterization), titles, overwrite
+            )
+        return _merge_loaded(
+            source, target, adapters, ratios, merge_dtype, save_dtype, v2, v_parameterization, titles, overwrite
         )
-    return _merge_loaded(
-        source, target, adapters, ratios, merge_dtype, save_dtype, v2, v_parameterization, titles, overwrite
-    )
 
 
 @contextlib.contextmanager
