@@ -66,7 +66,6 @@ def write_inputs(work: Path) -> dict[str, tuple[str, torch.Size]]:
 
     from adapters_core.formats import save_adapter
 
-    torch.manual_seed(0)
     shapes = write_checkpoint(work / "base.safetensors")
     layers = adapted_layers(work / "base.safetensors", shapes)
     assert len(layers) == len(shapes), f"{len(layers)} of {len(shapes)} LierLa layers found in the file"

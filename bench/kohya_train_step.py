@@ -10,7 +10,9 @@ Before timing, the bench checks that kohya's network adapts exactly adapt's 192 
 round asks every competitor for one step (forward on noisy latents, MSE loss, backward, AdamW
 step, zero_grad; a fresh optimizer per step on both sides), so the steps are interleaved;
 the first step of each is an untimed warm-up; medians are reported. Rank 4, alpha 4, batch 1,
-16x16 latents, one torch thread per worker by default.
+16x16 latents, one torch thread per worker by default. The two venvs have different diffusers
+(kohya pins 0.32.1), so each worker also times the bare U-Net's step (gradient to the input
+latents, no adapter), and the adapters' own cost is reported over it.
 """
 
 from __future__ import annotations
@@ -58,26 +60,36 @@ def timed_step(unet: Any, inputs: tuple[Any, ...], params: list[Any]) -> float:
     return time.perf_counter() - started
 
 
+def bare_step(unet: Any, inputs: tuple[Any, ...]) -> Callable[[], float]:
+    """The same step with no adapter: the gradient flows to the input latents instead (the
+    U-Net's own forward and backward, which differ between the two venvs' diffusers)."""
+    sample, *rest = inputs
+    latents = sample.clone().requires_grad_(True)
+    return lambda: timed_step(unet, (latents, *rest), [latents])
+
+
 def kohya_worker(sd_scripts: Path, inputs: tuple[Any, ...]) -> tuple[dict[str, Callable[[], float]], list[str]]:
     import torch
-    from diffusers import UNet2DConditionModel
 
     sys.path.insert(0, str(BENCH))
     from kohya_launch import import_torchvision_without_compiled_ops
 
-    import_torchvision_without_compiled_ops()
+    import_torchvision_without_compiled_ops()  # before diffusers and transformers import it
+    from diffusers import UNet2DConditionModel
+
     sys.path[:0] = [str(sd_scripts), str(sd_scripts / "networks")]
     import lora  # kohya's networks/lora.py
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(json.loads(UNET_CONFIG.read_text(encoding="utf-8")))
     unet.requires_grad_(False)
+    bare = bare_step(unet, inputs)  # before the network patches the U-Net's layers
     network = lora.create_network(1.0, RANK, ALPHA, None, [], unet)
     network.apply_to([], unet, apply_text_encoder=False, apply_unet=True)
     network.train()
     params = [p for p in network.parameters() if p.requires_grad]
     names = sorted(module.lora_name for module in network.unet_loras)
-    return {"kohya lora.py": lambda: timed_step(unet, inputs, params)}, names
+    return {"kohya lora.py": lambda: timed_step(unet, inputs, params), "kohya bare U-Net": bare}, names
 
 
 def adapt_worker(inputs: tuple[Any, ...]) -> tuple[dict[str, Callable[[], float]], list[str]]:
@@ -105,7 +117,8 @@ def adapt_worker(inputs: tuple[Any, ...]) -> tuple[dict[str, Callable[[], float]
 
         return step
 
-    return {c.name: stepper(c) for c in competitors}, sorted(lierla.targets)
+    steps = {c.name: stepper(c) for c in competitors}
+    return {**steps, "adapt bare U-Net": bare_step(unet, inputs)}, sorted(lierla.targets)
 
 
 def serve(kind: str, sd_scripts: Path | None, latent: int, threads: int) -> None:
@@ -117,7 +130,11 @@ def serve(kind: str, sd_scripts: Path | None, latent: int, threads: int) -> None
     logging.disable(logging.WARNING)
     torch.set_num_threads(threads)
     inputs = step_inputs(latent)
-    steps, names = kohya_worker(sd_scripts, inputs) if kind == "kohya" and sd_scripts else adapt_worker(inputs)
+    if kind == "kohya":
+        assert sd_scripts is not None, "the kohya worker needs --sd-scripts"
+        steps, names = kohya_worker(sd_scripts, inputs)
+    else:
+        steps, names = adapt_worker(inputs)
     print(json.dumps({"competitors": list(steps), "layers": names}), flush=True)
     for line in sys.stdin:
         print(json.dumps(steps[line.strip()]()), flush=True)
@@ -196,8 +213,11 @@ def main() -> None:
     )
     for name, value in median.items():
         print(f"{name:<16} median {value * 1000:8.1f} ms   all: {', '.join(f'{t:.2f}' for t in times[name])}")
-    ours = median["adapt LierLa"]
-    print(f"adapt/kohya: {ours / median['kohya lora.py']:.3f}   adapt/PEFT: {ours / median['PEFT LierLa']:.3f}")
+    ours, kohya_step = median["adapt LierLa"], median["kohya lora.py"]
+    print(f"adapt/kohya: {ours / kohya_step:.3f}   adapt/PEFT: {ours / median['PEFT LierLa']:.3f}")
+    adapter_cost = {who: median[f"{who} LierLa" if who != "kohya" else "kohya lora.py"] - median[f"{bare} bare U-Net"]
+                    for who, bare in (("adapt", "adapt"), ("PEFT", "adapt"), ("kohya", "kohya"))}
+    print("over each venv's bare U-Net step: " + ", ".join(f"{k} +{v * 1000:.0f} ms" for k, v in adapter_cost.items()))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ def write_checkpoint(path: Path) -> dict[str, torch.Size]:
     from adapters_core.models.bundled import load_config
     from adapters_core.models.single_file import model_to_ldm
 
+    torch.manual_seed(0)  # the same weights in every run: output digests compare across runs
     unet = build_sd15_unet("cpu", torch.float16)
     text_encoder = build_sd15_text_encoder("cpu", torch.float16)
     shapes = lierla_shapes(unet, text_encoder)
