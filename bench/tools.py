@@ -1,13 +1,10 @@
-"""Benchmark of the adapter tools on an SD 1.5-sized U-Net and text encoder (random weights).
+"""Benchmark of the adapter tools' methods on SD 1.5-sized layers (random weights).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/tools.py [--workdir DIR] [--repeats 3]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/tools.py [--workdir DIR]
 
-Prints, and records in docs/benchmarks.md by hand:
+Prints, and records in docs/benchmarks.md by hand (merging into a checkpoint: bench/merge.py;
+the tools side by side with kohya's scripts: bench/kohya_tools.py):
 
-* merge into a checkpoint (rank-32 LoRA into a 2 GB fp16 single file, streamed): time as a
-  ratio to a plain safetensors ``load_file`` + ``save_file`` of the same checkpoint, and the
-  peak RSS of the merging process as a ratio to the checkpoint's size (both measured in
-  subprocesses, best of ``--repeats``, operation only: imports excluded);
 * svd-merge of two rank-32 adapters to rank 32: ``adapt svd-merge``'s factor method (QR of
   the stacked factors, SVD of the small core; file reading and writing included) against
   the full-delta SVD method (kohya's; SVD only), time ratio and relative Frobenius error;
@@ -31,8 +28,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -71,65 +66,62 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-# -- children (run in fresh processes so their peak RSS is their own) -------------------------
-def child_copy(source: str, target: str) -> dict[str, float]:
-    from safetensors.torch import load_file, save_file
-
-    start = time.perf_counter()
-    save_file(load_file(source), target)
-    return {"seconds": time.perf_counter() - start, "peak_rss": peak_rss_bytes()}
-
-
-def child_merge(source: str, lora: str, target: str) -> dict[str, float]:
-    from adapters_core.ops.merge_model import merge_into_model
-
-    before = peak_rss_bytes()
-    start = time.perf_counter()
-    merge_into_model(source, [lora], [1.0], save_to=target, precision="float", save_precision="fp16")
-    return {"seconds": time.perf_counter() - start, "peak_rss": peak_rss_bytes(), "rss_after_imports": before}
-
-
-def run_child(*args: str) -> dict[str, float]:
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False, env=env
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"child {args[0]} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 # -- inputs ---------------------------------------------------------------------------------------
-def write_checkpoint(path: Path) -> dict[str, torch.Size]:
-    """SD 1.5 U-Net + text encoder, random fp16 weights, LDM layout; returns the layer shapes."""
-    from safetensors.torch import save_file
-
-    from adapters_core.models import build_sd15_text_encoder, build_sd15_unet
-    from adapters_core.models.ldm_layout import text_encoder_to_ldm, unet_to_ldm
+def lierla_shapes(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, torch.Size]:
+    """kohya module name -> weight shape of the LierLa layers (Linear and 1x1 convs outside
+    the ResNet blocks and resamplers: 192 U-Net and 72 text-encoder layers on SD 1.5)."""
     from adapters_core.ops.deltas import model_layer_shapes
 
-    unet = build_sd15_unet("cpu", torch.float16)
-    text_encoder = build_sd15_text_encoder("cpu", torch.float16)
-    shapes = {
+    return {
         name: shape
         for name, shape in model_layer_shapes(unet, text_encoder).items()
         if not (len(shape) == 4 and shape[2] != 1) and "resnets" not in name and "samplers" not in name
     }
-    state = {**unet_to_ldm(unet.state_dict()), **text_encoder_to_ldm(text_encoder.state_dict(), v2=False)}
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+def write_checkpoint(path: Path) -> dict[str, torch.Size]:
+    """SD 1.5 U-Net, text encoder and VAE, random fp16 weights, LDM layout (2.1 GB); returns the
+    LierLa layer shapes."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from adapters_core.models import build_sd15_text_encoder, build_sd15_unet
+    from adapters_core.models.bundled import load_config
+    from adapters_core.models.single_file import model_to_ldm
+
+    torch.manual_seed(0)  # the same weights in every run: output digests compare across runs
+    unet = build_sd15_unet("cpu", torch.float16)
+    text_encoder = build_sd15_text_encoder("cpu", torch.float16)
+    shapes = lierla_shapes(unet, text_encoder)
+    components = {
+        "unet": unet.state_dict(),
+        "text_encoder": text_encoder.state_dict(),
+        "vae": AutoencoderKL.from_config(load_config("sd_v1", "vae")).to(torch.float16).state_dict(),
+    }
+    save_file({k: v.contiguous() for k, v in model_to_ldm(components, v2=False).items()}, str(path))
     return shapes
 
 
-def lora_tensors(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
+def lora_tensors(shapes: dict[str, torch.Size], seed: int, rank: int = RANK) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     for name, shape in shapes.items():
         fan_in = torch.Size(shape[1:]).numel()
-        tensors[f"{name}.lora_down.weight"] = torch.randn(RANK, *shape[1:], generator=generator) / fan_in**0.5
-        up = (shape[0], RANK, 1, 1) if len(shape) == 4 else (shape[0], RANK)
+        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, *shape[1:], generator=generator) / fan_in**0.5
+        up = (shape[0], rank, 1, 1) if len(shape) == 4 else (shape[0], rank)
         tensors[f"{name}.lora_up.weight"] = torch.randn(*up, generator=generator) * 0.01
-        tensors[f"{name}.alpha"] = torch.tensor(float(RANK // 2))
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank // 2))
     return tensors
+
+
+def write_loras(work: Path, shapes: dict[str, torch.Size], seeds: tuple[int, ...] = (1, 2)) -> list[Path]:
+    """``lora<seed>.safetensors`` files of rank 32 (fp16) on the layers of ``shapes``."""
+    from adapters_core.formats import save_adapter
+
+    files = [work / f"lora{seed}.safetensors" for seed in seeds]
+    for seed, path in zip(seeds, files, strict=True):
+        save_adapter(path, lora_tensors(shapes, seed), dtype=torch.float16)
+    return files
 
 
 def representatives(shapes: dict[str, torch.Size]) -> tuple[list[str], Counter[torch.Size]]:
@@ -142,30 +134,6 @@ def representatives(shapes: dict[str, torch.Size]) -> tuple[list[str], Counter[t
 
 
 # -- sections -------------------------------------------------------------------------------------
-def bench_merge(work: Path, repeats: int) -> dict[str, float]:
-    checkpoint, lora = work / "sd15.safetensors", work / "lora32.safetensors"
-    size = checkpoint.stat().st_size
-    copies, merges = [], []
-    for i in range(repeats):
-        copies.append(run_child("copy", str(checkpoint), str(work / f"copy{i}.safetensors")))
-        (work / f"copy{i}.safetensors").unlink()
-        merges.append(run_child("merge", str(checkpoint), str(lora), str(work / f"merged{i}.safetensors")))
-        (work / f"merged{i}.safetensors").unlink()
-    copy_s = min(c["seconds"] for c in copies)
-    merge_s = min(m["seconds"] for m in merges)
-    rss = min(m["peak_rss"] for m in merges)
-    return {
-        "checkpoint_gb": size / 1e9,
-        "copy_s": copy_s,
-        "merge_s": merge_s,
-        "time_ratio": merge_s / copy_s,
-        "merge_peak_rss_gb": rss / 1e9,
-        "rss_ratio": rss / size,
-        "rss_after_imports_gb": min(m["rss_after_imports"] for m in merges) / 1e9,
-        "copy_peak_rss_gb": min(c["peak_rss"] for c in copies) / 1e9,
-    }
-
-
 def full_delta_svd(ups: list[torch.Tensor], downs: list[torch.Tensor], rank: int) -> torch.Tensor:
     """The reference method (kohya's svd_merge): form the summed delta, full SVD, truncate."""
     total = sum(u @ d for u, d in zip(ups, downs, strict=True))
@@ -264,42 +232,27 @@ def bench_extract(shapes: dict[str, torch.Size]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="Where to write the 2 GB checkpoint (default: a temp dir)."
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="Runs of each merge/copy child; the best counts.")
+    parser.add_argument("--workdir", type=Path, default=None, help="Where to write the adapters (default: a temp dir).")
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch threads (default 1: on a shared 2-core machine two-thread timings swing tenfold).",
     )
-    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the children
-    if args.child:
-        mode, *rest = args.child
-        print(json.dumps(child_copy(*rest) if mode == "copy" else child_merge(*rest)))
-        return
-    from adapters_core.formats import save_adapter
+    from adapters_core.models import build_sd15_text_encoder, build_sd15_unet
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         start = time.perf_counter()
-        shapes = write_checkpoint(work / "sd15.safetensors")
-        files = []
-        for seed in (1, 2):
-            files.append(work / f"lora{seed}.safetensors")
-            save_adapter(files[-1], lora_tensors(shapes, seed), dtype=torch.float16)
-        (work / "lora32.safetensors").write_bytes(files[0].read_bytes())
+        shapes = lierla_shapes(build_sd15_unet(), build_sd15_text_encoder())  # on "meta": shapes only
+        files = write_loras(work, shapes)
         print(
             f"inputs: {len(shapes)} LoRA modules, rank {RANK}; built in {time.perf_counter() - start:.1f}s; "
             f"load average {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads",
             flush=True,
         )
-        merge = bench_merge(work, args.repeats)
-        print("merge into checkpoint:", json.dumps({k: round(v, 3) for k, v in merge.items()}), flush=True)
         svd = bench_svd_merge(work, shapes, files)
         print("svd-merge 2 x rank 32 -> 32:", json.dumps({k: round(v, 5) for k, v in svd.items()}), flush=True)
         extract = bench_extract(shapes)

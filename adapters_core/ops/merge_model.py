@@ -25,7 +25,7 @@ from adapters_core.errors import FormatError, ModelLoadError, NonFiniteError, Sh
 from adapters_core.formats import precision_dtype
 from adapters_core.metadata import modelspec_metadata
 from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progress_bar, read_adapters, resolve_ratios
-from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, open_checkpoint
+from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, open_checkpoint, reused_heap
 from adapters_core.plugins import get_registry
 from adapters_core.matching import UnmatchedKeysError, loadable_targets
 from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, kohya_name, text_encoder_module_path
@@ -35,11 +35,14 @@ _MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping
 
 
 def merge_module(
-    adapter: Adapter, name: str, weight: torch.Tensor, ratio: float, save_dtype: torch.dtype | None = None
+    adapter: Adapter, name: str, weight: torch.Tensor, ratio: float, *, check_finite: bool = True
 ) -> torch.Tensor:
     """One module merged into ``weight`` through the type's ``merge_weights`` hook (at ``ratio`` times
-    the module's block multiplier); refused when the result is not finite, in the merge precision
-    or once cast to ``save_dtype``."""
+    the module's block multiplier).
+
+    ``check_finite=False`` leaves the NaN/inf check to the caller (see :func:`require_finite`),
+    who checks the tensor it saves once, after every adapter and the cast to the save dtype.
+    """
     try:
         merged = get_registry().hook.merge_weights(
             network=adapter.network, tensors=adapter.modules[name], weight=weight, ratio=adapter.ratio(ratio, name)
@@ -48,13 +51,16 @@ def merge_module(
         raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
     if merged is None:
         raise UnknownNetworkError(f"network type '{adapter.network}': no installed plugin merges its modules")
-    saved = merged if save_dtype is None else merged.to(save_dtype)
-    if not torch.isfinite(saved.sum(dtype=torch.float32)):  # NaN/inf reach the sum: one pass, no mask
-        raise NonFiniteError(
-            f"{adapter.path}: {name}: merging gives non-finite weights in {str(saved.dtype).removeprefix('torch.')}; "
-            "nothing was written"
-        )
+    if check_finite:
+        require_finite(merged, f"{adapter.path}: {name}")
     return merged
+
+
+def require_finite(tensor: torch.Tensor, what: str) -> None:
+    """Refuse NaN/inf (they reach the sum: one pass, no mask), naming the dtype they appear in."""
+    if not torch.isfinite(tensor.sum(dtype=torch.float32)):
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        raise NonFiniteError(f"{what}: merging gives non-finite weights in {dtype}; nothing was written")
 
 
 def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> None:
@@ -170,15 +176,16 @@ def merge_into_model(
     if not source.exists():
         raise ModelLoadError(f"{source}: no such file or folder; expected a checkpoint or a Diffusers model folder")
     titles = [source.stem] + [a.title for a in adapters]
-    if source.is_file() and target.suffix.lower() in SINGLE_FILE_SUFFIXES:
-        return _merge_streaming(
-            source, target, adapters, ratios, merge_dtype, save_dtype, v2, bool(v_parameterization), titles, overwrite,
+    with reused_heap():
+        if source.is_file() and target.suffix.lower() in SINGLE_FILE_SUFFIXES:
+            return _merge_streaming(
+                source, target, adapters, ratios, merge_dtype, save_dtype, v2, bool(v_parameterization), titles,
+                overwrite, allow_unmatched,
+            )
+        return _merge_loaded(
+            source, target, adapters, ratios, merge_dtype, save_dtype, v2, v_parameterization, titles, overwrite,
             allow_unmatched,
         )
-    return _merge_loaded(
-        source, target, adapters, ratios, merge_dtype, save_dtype, v2, v_parameterization, titles, overwrite,
-        allow_unmatched,
-    )
 
 
 @contextlib.contextmanager
@@ -245,8 +252,11 @@ def _merge_streaming(
             for i, name in enumerate(held):
                 for adapter, ratio in zip(adapters, ratios, strict=True):
                     if name in adapter.modules:
-                        parts[i] = merge_module(adapter, name, parts[i], ratio, save_dtype)
-            return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
+                        parts[i] = merge_module(adapter, name, parts[i], ratio, check_finite=False)
+            result = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
+            # checked as saved: fewer bytes than the merge dtype, and an overflow of the cast is caught
+            require_finite(result, f"{', '.join(str(a.path) for a in adapters)}: {key}")
+            return result
 
         keys = list(reader)
         with atomic_path(target, overwrite) as tmp, _threads(torch.get_num_threads() - 1):
@@ -287,7 +297,9 @@ def _merge_loaded(
     with torch.no_grad(), progress_bar(len(jobs), "merging") as bar:
         for adapter, ratio, name in jobs:
             weight = layer_weight(targets[name])
-            weight.copy_(merge_module(adapter, name, weight, ratio, save_dtype))
+            merged = merge_module(adapter, name, weight, ratio, check_finite=False)
+            require_finite(merged.to(save_dtype), f"{adapter.path}: {name}")  # as it will be saved
+            weight.copy_(merged)
             bar.update()
     if target.suffix.lower() in SINGLE_FILE_SUFFIXES:
         metadata = modelspec_metadata(
