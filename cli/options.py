@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from adapters_core.ranges import Range
+
 F = Callable[..., Any]
 
 
@@ -50,19 +52,12 @@ class Number(click.ParamType):
         low_open: bool = False,
         high_open: bool = False,
     ) -> None:
-        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        self.kind = kind
+        self.range = Range(low, high, low_open, high_open)
         self.name = kind.__name__
 
-    def describe(self) -> str:
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return " and ".join(parts) or "finite"
-
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return f"{self.name.upper()} ({self.describe()})"
+        return f"{self.name.upper()} ({self.range.describe()})"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, self.kind) and not isinstance(value, bool):
@@ -74,10 +69,8 @@ class Number(click.ParamType):
                 self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}", param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        below = self.low is not None and (number <= self.low if self.low_open else number < self.low)
-        above = self.high is not None and (number >= self.high if self.high_open else number > self.high)
-        if below or above:
-            self.fail(f"{value!r} is out of range; expected a value {self.describe()}", param, ctx)
+        if not self.range.admits(number):
+            self.fail(f"{value!r} is out of range; expected a value {self.range.describe()}", param, ctx)
         return number
 
 

@@ -13,12 +13,12 @@ reason, so a migrated command line fails with a clear message instead of "no suc
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from adapters_core.errors import ConfigError
+from adapters_core.ranges import Range
 
 # Steps that kohya accepts as an int or as a fraction (< 1) of the run's steps.
 IntOrFloat = int | float
@@ -351,32 +351,6 @@ class TrainArgs:
             raise ConfigError("--masked_loss: needs --alpha_mask (conditioning_data_dir masks are not supported)")
         if len(self.base_weights_multiplier) > len(self.base_weights):
             raise ConfigError("--base_weights_multiplier: more values than --base_weights files")
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric flag accepts: ``low``..``high`` (``None``: unbounded), ends included
-    unless ``open``. NaN and infinity are never accepted."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def describe(self) -> str:
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return " and ".join(parts) or "finite"
-
-    def admits(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
 
 
 AT_LEAST_1 = Range(1)
