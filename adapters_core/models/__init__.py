@@ -11,33 +11,48 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # adapt shows its own progress, not the libraries'
 
-from adapters_core.models.components import SDModel  # noqa: E402
-from adapters_core.quiet import apply_library_verbosity  # noqa: E402
-from adapters_core.models.loader import load_sd_model  # noqa: E402
-from adapters_core.models.pipeline import to_pipeline  # noqa: E402
-from adapters_core.models.single_file import read_checkpoint, save_diffusers, save_single_file  # noqa: E402
-from adapters_core.models.tiny import (  # noqa: E402
-    build_sd2_text_encoder,
-    build_sd2_unet,
-    build_sd15_text_encoder,
-    build_sd15_unet,
-    build_tiny_model,
-    write_tiny_model,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
 
-apply_library_verbosity()  # the libraries imported above log and draw bars only with --verbose
+# What the package offers, by the module that defines it. The modules are imported when a name
+# is first used, so that importing a light submodule (the checkpoint key tables in ldm_layout)
+# does not import diffusers and transformers.
+_EXPORTS = {
+    "SDModel": "components",
+    "load_sd_model": "loader",
+    "to_pipeline": "pipeline",
+    "read_checkpoint": "single_file",
+    "save_diffusers": "single_file",
+    "save_single_file": "single_file",
+    "build_sd2_text_encoder": "tiny",
+    "build_sd2_unet": "tiny",
+    "build_sd15_text_encoder": "tiny",
+    "build_sd15_unet": "tiny",
+    "build_tiny_model": "tiny",
+    "write_tiny_model": "tiny",
+}
 
-__all__ = [
-    "SDModel",
-    "build_sd15_text_encoder",
-    "build_sd15_unet",
-    "build_sd2_text_encoder",
-    "build_sd2_unet",
-    "build_tiny_model",
-    "load_sd_model",
-    "read_checkpoint",
-    "save_diffusers",
-    "save_single_file",
-    "to_pipeline",
-    "write_tiny_model",
-]
+if TYPE_CHECKING:  # noqa: F401 - for type checkers and editors; at run time __getattr__ imports them
+    from adapters_core.models.components import SDModel  # noqa: F401
+    from adapters_core.models.loader import load_sd_model  # noqa: F401
+    from adapters_core.models.pipeline import to_pipeline  # noqa: F401
+    from adapters_core.models.single_file import read_checkpoint, save_diffusers, save_single_file  # noqa: F401
+    from adapters_core.models.tiny import (  # noqa: F401
+        build_sd2_text_encoder,
+        build_sd2_unet,
+        build_sd15_text_encoder,
+        build_sd15_unet,
+        build_tiny_model,
+        write_tiny_model,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

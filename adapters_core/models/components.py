@@ -9,6 +9,10 @@ from typing import Any, Literal
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from adapters_core.quiet import apply_library_verbosity
+
+apply_library_verbosity()  # the libraries log and draw bars only with --verbose
+
 BaseModelVersion = Literal["sd_v1", "sd_v2", "sd_v2_v"]
 
 
