@@ -17,23 +17,12 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from adapters_core.errors import ModelLoadError
 from adapters_core.formats import SAFETENSORS_SUFFIX, read_safetensors_header
 from adapters_core.metadata import flags_from_metadata
-from adapters_core.models import (
-    build_sd2_text_encoder,
-    build_sd2_unet,
-    build_sd15_text_encoder,
-    build_sd15_unet,
-    build_tiny_model,
-    read_checkpoint,
-)
 from adapters_core.models.bundled import config_name_for
-from adapters_core.models.loader import detect_architecture
 from adapters_core.matching import loadable_targets
 from adapters_core.targets import Target, text_encoder_module_path
 
@@ -93,6 +82,14 @@ class ModelStructure:
 
 
 def _builtin(config_name: str) -> ModelStructure:
+    from adapters_core.models.tiny import (  # diffusers and transformers only when a model is built
+        build_sd2_text_encoder,
+        build_sd2_unet,
+        build_sd15_text_encoder,
+        build_sd15_unet,
+        build_tiny_model,
+    )
+
     if config_name == "tiny":
         tiny = build_tiny_model()
         return ModelStructure("tiny", tiny.unet, tiny.text_encoder)
@@ -103,6 +100,9 @@ def _builtin(config_name: str) -> ModelStructure:
 
 
 def _from_diffusers_folder(folder: Path) -> ModelStructure:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"{folder}: folder has no model_index.json; expected a Diffusers model folder")
     try:
@@ -128,6 +128,9 @@ def _header_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _from_single_file(path: Path) -> ModelStructure:
+    from adapters_core.models.loader import detect_architecture
+    from adapters_core.models.single_file import read_checkpoint
+
     tensors = _header_tensors(path) if path.suffix.lower() == SAFETENSORS_SUFFIX else read_checkpoint(path)[0]
     architecture = detect_architecture(tensors, path)
     structure = _builtin(architecture)  # sd_v2 and sd_v2_v have the same layers
@@ -160,4 +163,6 @@ def naming_structure() -> ModelStructure:
     """Every module name SD 1.x and 2.x share, for renaming keys without a model: the SD U-Net
     (both versions name their layers alike) with the 23-layer SD 2.x text encoder (whose
     names include SD 1.x's 12 layers)."""
+    from adapters_core.models.tiny import build_sd2_text_encoder, build_sd15_unet
+
     return ModelStructure("SD 1.x/2.x names", build_sd15_unet("meta"), build_sd2_text_encoder("meta"))

@@ -18,7 +18,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from adapters_core.models.bundled import TINY_TOKENIZER_DIR, ConfigName, config_dir, load_config
 from adapters_core.models.components import SDModel
-from adapters_core.models.single_file import save_diffusers, save_single_file
 
 Device = str | torch.device
 
@@ -51,6 +50,8 @@ def write_tiny_model(
     overwrite: bool = False,
 ) -> SDModel:
     """Write the tiny model as a Diffusers folder and, if asked, as an LDM single file too."""
+    from adapters_core.models.single_file import save_diffusers, save_single_file  # imports the pipeline
+
     model = build_tiny_model(seed)
     save_diffusers(model, folder, overwrite=overwrite)
     if single_file is not None:
