@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from adapters_core.api import load_networks
 from adapters_core.blocks import block_multipliers_per_file
 from adapters_core.errors import ConfigError, NonFiniteError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from adapters_core.choices import SVD_METHODS
+
 OUTLIER_QUANTILE = 0.99  # outlier_fence: q + OUTLIER_FENCE * (q - median), q this quantile of |x|
 OUTLIER_FENCE = 3.0  # Tukey's "far out"
 QUANTILE_INPUT_LIMIT = 16_000_000  # torch.quantile's input limit

@@ -21,9 +21,9 @@ from torch import nn
 
 from adapters_core.errors import ModelLoadError
 from adapters_core.formats import SAFETENSORS_SUFFIX, read_safetensors_header
+from adapters_core.matching import loadable_targets
 from adapters_core.metadata import flags_from_metadata
 from adapters_core.models.bundled import config_name_for
-from adapters_core.matching import loadable_targets
 from adapters_core.targets import Target, text_encoder_module_path
 
 # Names accepted by ``--model`` besides paths, and the bundled config set each one means.

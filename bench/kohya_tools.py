@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import json
+import logging
 import os
 import sys
 import tempfile

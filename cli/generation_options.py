@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
 from adapt_cli.block_option import block_weights_option
 from adapt_cli.options import (
     ADAPTER,
@@ -21,7 +22,6 @@ from adapt_cli.options import (
     Number,
     kohya_option,
 )
-
 from adapters_core.choices import PRECISION_NAMES, SAMPLER_NAMES
 from adapters_core.errors import ConfigError
 from adapters_core.generate_prompts import PromptJob

@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local paths onl
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no notices about unused image processors
 
 import click
-from adapt_cli.commands import COMMANDS
 
+from adapt_cli.commands import COMMANDS
 from adapters_core.errors import AdaptError
 from adapters_core.quiet import set_verbosity
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapters_core.testing import CHECKS, ContractSkip, contract_cases, run_contract
 from adapters_core.plugins import get_registry
+from adapters_core.testing import CHECKS, ContractSkip, contract_cases, run_contract
 
 CASES = list(contract_cases())
 

@@ -10,15 +10,15 @@ import struct
 import pytest
 import safetensors.torch
 import torch
+from helpers import randomize, te_out, unet_inputs, unet_out
 
 from adapters_core.errors import FormatError, ShapeMismatchError
 from adapters_core.formats import load_adapter, save_adapter
 from adapters_core.keys import ldm_unet_aliases, normalize_module_name
-from adapters_core.targets import unet_targets
 from adapters_core.metadata import modelspec_metadata, network_metadata
 from adapters_core.models import build_sd2_unet, build_sd15_unet, build_tiny_model
 from adapters_core.network import Network
-from helpers import randomize, te_out, unet_inputs, unet_out
+from adapters_core.targets import unet_targets
 
 
 @pytest.fixture(scope="module")

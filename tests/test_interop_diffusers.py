@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
+from helpers import randomize, te_out, unet_inputs, unet_out
 
 from adapters_core.models import build_tiny_model, to_pipeline
 from adapters_core.network import Network
-from helpers import randomize, te_out, unet_inputs, unet_out
 
 TOKENS = torch.tensor([[0, 7, 12, 40, 1, 1]])
 

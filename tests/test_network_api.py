@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomize, te_out, unet_inputs, unet_out
 
 from adapters_core.errors import NetworkOptionError, NonFiniteError
 from adapters_core.models import build_tiny_model
 from adapters_core.network import Network
-from helpers import randomize, te_out, unet_inputs, unet_out
 
 TOKENS = torch.tensor([[0, 5, 9, 17, 33, 1]])
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from adapters_core.adapter_source import read_adapter_file
 from adapters_core.blocks import BlockMultipliers, block_multipliers_per_file, module_ratio
 from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError, UnknownNetworkError
-from adapters_core.adapter_source import read_adapter_file
 from adapters_core.features import refuse_features
 from adapters_core.keys import normalize_module_name
 from adapters_core.matching import detect_file_network, loadable_targets

@@ -23,11 +23,11 @@ import torch
 from adapters_core.atomic import atomic_path, check_writable
 from adapters_core.errors import FormatError, ModelLoadError, NonFiniteError, ShapeMismatchError, UnknownNetworkError
 from adapters_core.formats import precision_dtype
+from adapters_core.matching import UnmatchedKeysError, loadable_targets
 from adapters_core.metadata import modelspec_metadata
 from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progress_bar, read_adapters, resolve_ratios
 from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, open_checkpoint, reused_heap
 from adapters_core.plugins import get_registry
-from adapters_core.matching import UnmatchedKeysError, loadable_targets
 from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, kohya_name, text_encoder_module_path
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")

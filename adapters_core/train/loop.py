@@ -25,6 +25,7 @@ from adapters_core.errors import ConfigError, TrainingDivergedError
 from adapters_core.formats import precision_dtype
 from adapters_core.progress import progress_bar
 from adapters_core.train import components, sampling, text
+from adapters_core.train import step as step_module  # the check forward is not a training step
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.checkpoints import Checkpoints
 from adapters_core.train.dataset import dataset_metadata
@@ -33,8 +34,8 @@ from adapters_core.train.latent_cache import LatentCache
 from adapters_core.train.noise import make_noise_scheduler
 from adapters_core.train.optimizers import build_optimizer, parse_optimizer_args, resolve_optimizer_name
 from adapters_core.train.progress import LossRecorder, lr_logs, seed_step
-from adapters_core.train.runtime import EpochSyncDataset, make_accelerator, make_loader, resolved_seed
 from adapters_core.train.report import TrainingReport
+from adapters_core.train.runtime import EpochSyncDataset, make_accelerator, make_loader, resolved_seed
 from adapters_core.train.saving import (
     DEFAULT_LAST_NAME,
     AdapterWriter,
@@ -47,7 +48,6 @@ from adapters_core.train.saving import (
 )
 from adapters_core.train.schedulers import ScheduleSpec, build_lr_scheduler
 from adapters_core.train.state import load_state, read_resume_point
-from adapters_core.train import step as step_module  # the check forward is not a training step
 from adapters_core.train.step import StepContext, compute_loss, encode_captions
 from adapters_core.train.text_cache import TextEncoderCache, check_cacheable, encoder_fingerprint
 

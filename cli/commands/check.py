@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
 from adapt_cli.options import ADAPTER
 
 if TYPE_CHECKING:

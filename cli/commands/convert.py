@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
     INPUT_PATH,
@@ -13,7 +14,6 @@ from adapt_cli.options import (
     overwrite_option,
     refuse_existing,
 )
-
 from adapters_core.choices import DIFFUSERS_LAYOUTS, LORA_FORMATS
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
     DEVICE,
@@ -26,7 +27,6 @@ from adapt_cli.options import (
     overwrite_option,
     refuse_existing,
 )
-
 from adapters_core.choices import DEFAULT_SVD, SVD_METHODS
 from adapters_core.errors import ConfigError
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from adapt_cli.generation_options import (
     MULTI_VALUE,
     adapter_options,
@@ -21,7 +22,6 @@ from adapt_cli.generation_options import (
     sampling_options,
 )
 from adapt_cli.options import INPUT_FILE, POSITIVE_INT, MultiValueCommand, kohya_option
-
 from adapters_core.errors import ConfigError
 from adapters_core.generate_prompts import parse_prompt_line, read_prompts_file
 

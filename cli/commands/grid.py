@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from adapt_cli.generation_options import (
     MULTI_VALUE,
     adapter_options,
@@ -22,7 +23,6 @@ from adapt_cli.generation_options import (
     sampling_options,
 )
 from adapt_cli.options import MultiValueCommand
-
 from adapters_core.choices import GRID_AXIS_KINDS
 from adapters_core.generate_prompts import parse_prompt_line
 

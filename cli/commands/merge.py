@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from adapt_cli.block_option import block_weights_option
 from adapt_cli.options import (
     ADAPTER,
@@ -22,7 +23,6 @@ from adapt_cli.options import (
     overwrite_option,
     refuse_existing,
 )
-
 from adapters_core.errors import ConfigError
 
 ADAPTER_SUFFIXES = (".safetensors", ".ckpt", ".pt")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
     ADAPTER,
@@ -21,7 +22,6 @@ from adapt_cli.options import (
     overwrite_option,
     refuse_existing,
 )
-
 from adapters_core.choices import DYNAMIC_METHODS
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from adapt_cli.block_option import block_weights_option
 from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (

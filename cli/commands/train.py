@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from adapt_cli.options import expand_multi_value, kohya_option
 from click.core import ParameterSource
 
+from adapt_cli.options import expand_multi_value, kohya_option
 from adapters_core.errors import ConfigError
 from adapters_core.train.args import (
     IGNORED_FLAGS,

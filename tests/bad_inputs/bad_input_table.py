@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 @dataclass(frozen=True)
 class Inputs:
     """Paths of the shared inputs (never written by a case: the runner checks it)."""

@@ -10,10 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
-from adapt_cli.main import main
 from bad_input_cases import CASES
 from bad_input_places import full_folder, read_only_folder
 from bad_input_table import Case, Inputs, Where
+
+from adapt_cli.main import main
 
 Snapshot = dict[str, tuple[int, int] | None]
 

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from adapt_cli.main import main
 from bad_input_table import Inputs
+
+from adapt_cli.main import main
 
 ADAPT = Path(sys.executable).parent / "adapt"
 

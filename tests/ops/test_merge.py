@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from adapt_cli.options import expand_multi_value
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from tool_support import (  # noqa: F401 - fixtures
@@ -26,6 +25,7 @@ from tool_support import (  # noqa: F401 - fixtures
     write_file,
 )
 
+from adapt_cli.options import expand_multi_value
 from adapters_core.models import build_tiny_model, load_sd_model, to_pipeline
 from adapters_core.models.ldm_layout import TE_V2_PREFIX
 from adapters_core.ops.deltas import read_adapter

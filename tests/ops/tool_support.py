@@ -20,7 +20,6 @@ from adapt_cli.commands.inspect import inspect  # noqa: E402
 from adapt_cli.commands.merge import merge  # noqa: E402
 from adapt_cli.commands.resize import resize  # noqa: E402
 from adapt_cli.commands.svd_merge import svd_merge  # noqa: E402
-
 from adapters_core.formats import save_adapter  # noqa: E402
 from adapters_core.models import SDModel, build_tiny_model, write_tiny_model  # noqa: E402
 from adapters_core.module import merge_additive  # noqa: E402

@@ -12,7 +12,11 @@ from PIL import Image
 
 from adapters_core.errors import DatasetError
 from adapters_core.train.dataset import (
-    SubsetConfig, count_tags, load_finetune_metadata, process_caption, read_caption_file,
+    SubsetConfig,
+    count_tags,
+    load_finetune_metadata,
+    process_caption,
+    read_caption_file,
 )
 
 BASE = SubsetConfig(image_dir="x")

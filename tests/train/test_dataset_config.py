@@ -10,7 +10,11 @@ import pytest
 
 from adapters_core.errors import ConfigError, DatasetError
 from adapters_core.train.dataset import (
-    DatasetConfig, SubsetConfig, config_from_folders, load_dataset_config, parse_folder_name,
+    DatasetConfig,
+    SubsetConfig,
+    config_from_folders,
+    load_dataset_config,
+    parse_folder_name,
 )
 from adapters_core.train.dataset.config import KEY_KINDS
 

@@ -11,7 +11,10 @@ from PIL import Image
 
 from adapters_core.errors import ConfigError, DatasetError
 from adapters_core.train.dataset import (
-    ImageDataset, balance_reg_repeats, config_from_folders, load_dataset_config,
+    ImageDataset,
+    balance_reg_repeats,
+    config_from_folders,
+    load_dataset_config,
 )
 
 

@@ -11,8 +11,14 @@ import torch
 from PIL import Image
 
 from adapters_core.train.dataset import (
-    ImageDataset, cache_file_path, config_from_folders, dataset_metadata, load_dataset_config, load_latents_npz,
-    save_latents_npz, write_demo_dataset,
+    ImageDataset,
+    cache_file_path,
+    config_from_folders,
+    dataset_metadata,
+    load_dataset_config,
+    load_latents_npz,
+    save_latents_npz,
+    write_demo_dataset,
 )
 
 

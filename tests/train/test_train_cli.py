@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from train_fixtures import Workspace, base_args, invoke_train, run_adapt, one_thread_fixture, workspace_fixture  # noqa: F401
+from train_fixtures import Workspace, base_args, invoke_train, one_thread_fixture, run_adapt, workspace_fixture  # noqa: F401
 
 from adapters_core.formats import load_adapter, load_metadata
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from train_fixtures import Workspace, base_args, copy_data, run_adapt, one_thread_fixture, workspace_fixture  # noqa: F401
+from train_fixtures import Workspace, base_args, copy_data, one_thread_fixture, run_adapt, workspace_fixture  # noqa: F401
 
 import adapters_core.train.components as components
 import adapters_core.train.loop as loop

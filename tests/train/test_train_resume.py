@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import Workspace, base_args, run_adapt, one_thread_fixture, workspace_fixture  # noqa: F401
+from train_fixtures import Workspace, base_args, one_thread_fixture, run_adapt, workspace_fixture  # noqa: F401
 
 import adapters_core.train.loop as loop
 from adapters_core.formats import load_adapter, load_metadata

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from train_fixtures import Workspace, base_args, run_adapt, one_thread_fixture, workspace_fixture  # noqa: F401
+from train_fixtures import Workspace, base_args, one_thread_fixture, run_adapt, workspace_fixture  # noqa: F401
 
 from adapters_core.formats import load_metadata
 from adapters_core.train.saving import OutputNames, remove_epoch_number, remove_step_number

@@ -19,14 +19,26 @@ Each ``dataset[i]`` is a whole batch from one bucket (use ``DataLoader(ds, batch
 
 from adapters_core.train.dataset.buckets import LATENT_FACTOR, BucketSelector, bucket_info, make_bucket_resolutions
 from adapters_core.train.dataset.captions import (
-    count_tags, load_finetune_metadata, process_caption, read_caption_file,
+    count_tags,
+    load_finetune_metadata,
+    process_caption,
+    read_caption_file,
 )
 from adapters_core.train.dataset.config import (
-    DatasetConfig, DatasetGroupConfig, SubsetConfig, check_latents_cacheable, config_from_folders,
-    load_dataset_config, parse_folder_name,
+    DatasetConfig,
+    DatasetGroupConfig,
+    SubsetConfig,
+    check_latents_cacheable,
+    config_from_folders,
+    load_dataset_config,
+    parse_folder_name,
 )
 from adapters_core.train.dataset.dataset import (
-    DatasetInfo, ImageDataset, ImageRecord, LatentsProvider, balance_reg_repeats,
+    DatasetInfo,
+    ImageDataset,
+    ImageRecord,
+    LatentsProvider,
+    balance_reg_repeats,
 )
 from adapters_core.train.dataset.demo import write_demo_dataset
 from adapters_core.train.dataset.images import IMAGE_EXTENSIONS

@@ -25,7 +25,10 @@ from adapters_core.train.dataset import images as im
 from adapters_core.train.dataset.buckets import LATENT_FACTOR, BucketSelector, bucket_info
 from adapters_core.train.dataset.captions import count_tags, load_finetune_metadata, process_caption, read_caption_file
 from adapters_core.train.dataset.config import (
-    DatasetConfig, DatasetGroupConfig, SubsetConfig, check_latents_cacheable,
+    DatasetConfig,
+    DatasetGroupConfig,
+    SubsetConfig,
+    check_latents_cacheable,
 )
 
 log = logging.getLogger(__name__)
