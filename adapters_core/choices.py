@@ -13,6 +13,12 @@ processor keys (``processor.to_q_lora``) that ComfyUI places too."""
 PRECISION_NAMES = ("float", "fp16", "bf16")
 """``--precision`` / ``--save_precision`` / ``--dtype`` of the tools."""
 
+ADAPTER_OUTPUT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+"""What an adapter output may be called (``--save_to`` of merge, svd-merge, resize, extract)."""
+
+CHECKPOINT_OUTPUT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+"""A merged checkpoint written as one file in the original layout (any other name is a Diffusers folder)."""
+
 SVD_METHODS = ("exact", "randomized")
 """``extract --svd``: the full SVD, or a randomized sketch (Halko et al.)."""
 

@@ -32,7 +32,7 @@ _EXPORTS = {
     "write_tiny_model": "tiny",
 }
 
-if TYPE_CHECKING:  # noqa: F401 - for type checkers and editors; at run time __getattr__ imports them
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
     from adapters_core.models.components import SDModel  # noqa: F401
     from adapters_core.models.loader import load_sd_model  # noqa: F401
     from adapters_core.models.pipeline import to_pipeline  # noqa: F401

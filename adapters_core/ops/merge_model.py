@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from adapters_core.atomic import atomic_path, check_writable
+from adapters_core.choices import CHECKPOINT_OUTPUT_SUFFIXES
 from adapters_core.errors import FormatError, ModelLoadError, NonFiniteError, ShapeMismatchError, UnknownNetworkError
 from adapters_core.formats import precision_dtype
 from adapters_core.matching import UnmatchedKeysError, loadable_targets
@@ -30,7 +31,6 @@ from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, ope
 from adapters_core.plugins import get_registry
 from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, kohya_name, text_encoder_module_path
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping names
 
 
@@ -177,7 +177,7 @@ def merge_into_model(
         raise ModelLoadError(f"{source}: no such file or folder; expected a checkpoint or a Diffusers model folder")
     titles = [source.stem] + [a.title for a in adapters]
     with reused_heap():
-        if source.is_file() and target.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        if source.is_file() and target.suffix.lower() in CHECKPOINT_OUTPUT_SUFFIXES:
             return _merge_streaming(
                 source, target, adapters, ratios, merge_dtype, save_dtype, v2, bool(v_parameterization), titles,
                 overwrite, allow_unmatched,
@@ -301,7 +301,7 @@ def _merge_loaded(
             require_finite(merged.to(save_dtype), f"{adapter.path}: {name}")  # as it will be saved
             weight.copy_(merged)
             bar.update()
-    if target.suffix.lower() in SINGLE_FILE_SUFFIXES:
+    if target.suffix.lower() in CHECKPOINT_OUTPUT_SUFFIXES:
         metadata = modelspec_metadata(
             v2=model.v2, v_parameterization=model.v_parameterization, title=target.stem, kind="", merged_from=titles
         )

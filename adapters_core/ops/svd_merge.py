@@ -32,7 +32,7 @@ from adapters_core.ops.deltas import (
     resolve_ratios,
     union_names,
 )
-from adapters_core.ops.factors import Factors, factor_tensors, factors_of, is_factor_based
+from adapters_core.ops.factors import DOWN, UP, factor_tensors, factors_of, is_factor_based
 from adapters_core.ops.lowrank import low_rank_sum_svd, pad_components, truncate
 from adapters_core.ops.outputs import ModuleOut, adapter_metadata, write_adapter
 
@@ -75,7 +75,7 @@ def svd_merge(
     network = adapters[0].network
     shapes = LayerShapes(v2=adapters[0].flags[0])
     names = union_names(adapters)
-    _check_all_layers(adapters, ratios, names)
+    _check_all_layers(adapters, names)
     outputs: dict[str, ModuleOut] = {}
     for name in progress(names, "svd-merge"):
         terms = [(a, a.ratio(r, name), a.modules[name]) for a, r in zip(adapters, ratios, strict=True) if name in a.modules]
@@ -95,26 +95,22 @@ def svd_merge(
     return write_adapter(save_to, outputs, metadata, dtype=dtype, overwrite=overwrite)
 
 
-def _check_same_layer(name: str, terms: list[Term], factors: list[Factors | None]) -> None:
-    """Every adapter's module ``name`` must adapt a layer of one shape (else: another base model)."""
-    known = [(adapter, f) for (adapter, _, _), f in zip(terms, factors, strict=True) if f is not None]
-    if not known:
-        return
-    first_adapter, first = known[0]
-    for adapter, f in known[1:]:
-        if f.up.shape[0] != first.up.shape[0] or f.down.shape[1] != first.down.shape[1]:
-            raise ShapeMismatchError(
-                f"{name}: layer shape {tuple(f.weight_shape)} in {adapter.path} but {tuple(first.weight_shape)} "
-                f"in {first_adapter.path}; are these adapters for different base models?"
-            )
-
-
-def _check_all_layers(adapters: list[Adapter], ratios: list[float], names: list[str]) -> None:
-    """The shape check of every module before any decomposition starts (factor-based modules)."""
+def _check_all_layers(adapters: list[Adapter], names: list[str]) -> None:
+    """Every adapter's module ``name`` must adapt a layer of one shape (else: another base model),
+    checked for all modules from the tensor shapes before any decomposition starts."""
     for name in names:
-        terms = [(a, r, a.modules[name]) for a, r in zip(adapters, ratios, strict=True) if name in a.modules]
-        factors = [factors_of(a.network, t, f"{a.path}: {name}") for a, _, t in terms]
-        _check_same_layer(name, terms, factors)
+        seen: list[tuple[Adapter, int, int]] = []
+        for adapter in adapters:
+            tensors = adapter.modules.get(name, {})
+            if DOWN in tensors and UP in tensors:  # factor-based modules; others are checked on their deltas
+                seen.append((adapter, int(tensors[UP].shape[0]), int(tensors[DOWN][0].numel())))
+        for adapter, out, inputs in seen[1:]:
+            first_adapter, first_out, first_inputs = seen[0]
+            if (out, inputs) != (first_out, first_inputs):
+                raise ShapeMismatchError(
+                    f"{name}: a layer of {out} x {inputs} in {adapter.path} but {first_out} x {first_inputs} "
+                    f"in {first_adapter.path}; are these adapters for different base models?"
+                )
 
 
 def _factored(
@@ -134,7 +130,6 @@ def _factored(
         return None
     first = factors[0]
     assert first is not None
-    _check_same_layer(name, terms, factors)
     ups, downs = [], []
     for (adapter, ratio, _), f in zip(terms, factors, strict=True):
         assert f is not None

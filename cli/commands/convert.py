@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
     INPUT_PATH,
     check_suffix,
@@ -14,7 +13,7 @@ from adapt_cli.options import (
     overwrite_option,
     refuse_existing,
 )
-from adapters_core.choices import DIFFUSERS_LAYOUTS, LORA_FORMATS
+from adapters_core.choices import ADAPTER_OUTPUT_SUFFIXES, DIFFUSERS_LAYOUTS, LORA_FORMATS
 
 
 @click.command("convert")
@@ -57,7 +56,7 @@ def convert(
     (alpha = rank), because diffusers would apply the wrong scale to it otherwise.
     """
     if to != "peft":  # a diffusers output without extension is a folder; PEFT always writes a folder
-        allowed = (".safetensors",) if to == "diffusers" else ADAPTER_SUFFIXES
+        allowed = (".safetensors",) if to == "diffusers" else ADAPTER_OUTPUT_SUFFIXES
         check_suffix(output, "OUTPUT", allowed, folder_allowed=to == "diffusers")
     refuse_existing(output, overwrite)
     from adapters_core.convert import convert_lora

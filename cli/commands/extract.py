@@ -14,7 +14,6 @@ from pathlib import Path
 
 import click
 
-from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
     DEVICE,
     INPUT_FILE,
@@ -27,7 +26,7 @@ from adapt_cli.options import (
     overwrite_option,
     refuse_existing,
 )
-from adapters_core.choices import DEFAULT_SVD, SVD_METHODS
+from adapters_core.choices import ADAPTER_OUTPUT_SUFFIXES, DEFAULT_SVD, SVD_METHODS
 from adapters_core.errors import ConfigError
 
 
@@ -116,7 +115,7 @@ def extract(
         return
     if model_org is None or model_tuned is None:
         raise ConfigError("--model_org and --model_tuned are both required (or --from_dylora FILE --unit U)")
-    check_suffix(save_to, "--save_to", ADAPTER_SUFFIXES)
+    check_suffix(save_to, "--save_to", ADAPTER_OUTPUT_SUFFIXES)
     refuse_existing(save_to, overwrite)
     from adapters_core.devices import torch_device
     from adapters_core.ops.extract import extract_from_models

@@ -23,10 +23,9 @@ from adapt_cli.options import (
     overwrite_option,
     refuse_existing,
 )
+from adapters_core.choices import ADAPTER_OUTPUT_SUFFIXES, CHECKPOINT_OUTPUT_SUFFIXES
 from adapters_core.errors import ConfigError
 
-ADAPTER_SUFFIXES = (".safetensors", ".ckpt", ".pt")
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
 @click.command("merge", cls=MultiValueCommand, multi_value=("models", "ratios", "block_weights"))
 @kohya_option(
@@ -87,9 +86,9 @@ def merge(
     if sd_model is not None and (concat or shuffle):
         raise ConfigError("--concat/--shuffle: only for merging adapters into one adapter (without --sd_model)")
     if sd_model is not None:
-        check_suffix(save_to, "--save_to", CHECKPOINT_SUFFIXES, folder_allowed=True)
+        check_suffix(save_to, "--save_to", CHECKPOINT_OUTPUT_SUFFIXES, folder_allowed=True)
     else:
-        check_suffix(save_to, "--save_to", ADAPTER_SUFFIXES)
+        check_suffix(save_to, "--save_to", ADAPTER_OUTPUT_SUFFIXES)
     refuse_existing(save_to, overwrite)
     if sd_model is not None:
         from adapters_core.ops.merge_model import merge_into_model

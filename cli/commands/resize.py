@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
     ADAPTER,
     DEVICE,
@@ -22,7 +21,7 @@ from adapt_cli.options import (
     overwrite_option,
     refuse_existing,
 )
-from adapters_core.choices import DYNAMIC_METHODS
+from adapters_core.choices import ADAPTER_OUTPUT_SUFFIXES, DYNAMIC_METHODS
 
 
 @click.command("resize")
@@ -65,7 +64,7 @@ def resize(
     overwrite: bool,
 ) -> None:
     """Resize an adapter to --new_rank (or a per-module rank from --dynamic_method)."""
-    check_suffix(save_to, "--save_to", ADAPTER_SUFFIXES)
+    check_suffix(save_to, "--save_to", ADAPTER_OUTPUT_SUFFIXES)
     refuse_existing(save_to, overwrite)
     from adapters_core.devices import torch_device
     from adapters_core.ops.fit import FitSummary

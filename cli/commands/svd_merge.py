@@ -12,7 +12,6 @@ from pathlib import Path
 import click
 
 from adapt_cli.block_option import block_weights_option
-from adapt_cli.commands.merge import ADAPTER_SUFFIXES
 from adapt_cli.options import (
     ADAPTER,
     DEVICE,
@@ -26,6 +25,7 @@ from adapt_cli.options import (
     overwrite_option,
     refuse_existing,
 )
+from adapters_core.choices import ADAPTER_OUTPUT_SUFFIXES
 
 
 @click.command("svd-merge", cls=MultiValueCommand, multi_value=("models", "ratios", "block_weights"))
@@ -74,7 +74,7 @@ def svd_merge(
 
     Exact when --new_rank is at least the sum of the input ranks. Output alpha = rank.
     """
-    check_suffix(save_to, "--save_to", ADAPTER_SUFFIXES)
+    check_suffix(save_to, "--save_to", ADAPTER_OUTPUT_SUFFIXES)
     refuse_existing(save_to, overwrite)
     from adapters_core.devices import torch_device
     from adapters_core.ops.svd_merge import svd_merge as svd_merge_files
