@@ -1,4 +1,4 @@
-"""A small Python API for using adapters with a diffusers ``StableDiffusionPipeline``.
+"""A small Python API for using adapters with a Diffusers pipeline of any installed model family.
 
 >>> pipe = to_pipeline(load_sd_model("model.safetensors"), "euler_a")
 >>> style, face = load_networks(pipe, ["style.safetensors", "face.safetensors"], [0.8, 0.5])
@@ -29,8 +29,8 @@ def load_networks(
     allow_unmatched: bool = False,
     block_multipliers: Sequence[BlockMultipliers | None] | None = None,
 ) -> list[Network]:
-    """Load adapters (kohya, LyCORIS, diffusers or PEFT) onto ``pipe.unet`` and ``pipe.text_encoder``
-    and apply them.
+    """Load adapters (kohya, LyCORIS, diffusers or PEFT) onto the pipeline's U-Net and text
+    encoders (its model family says which) and apply them.
 
     ``multipliers`` (default 1.0 each) must have one value per path. ``merge=False`` patches
     the layers' forwards (multipliers stay adjustable, :meth:`Network.remove` undoes it);
@@ -46,7 +46,7 @@ def load_networks(
     networks: list[Network] = []
     for path, multiplier, blocks in zip(paths, multipliers, per_file, strict=True):
         network = Network.from_file(
-            path, unet=pipe.unet, text_encoder=pipe.text_encoder, multiplier=float(multiplier),
+            path, model=pipe, multiplier=float(multiplier),
             allow_unmatched=allow_unmatched,
         )
         network.set_block_multipliers(blocks)

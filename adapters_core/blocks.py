@@ -1,6 +1,7 @@
-"""The 25-block index of the SD U-Net and the block-wise settings built on it.
+"""Block layouts of a U-Net and the block-wise settings built on them.
 
-Blocks: 0..11 down (LDM ``input_blocks``; 0 is ``conv_in`` and never adapted), 12 the mid
+A model family names its :class:`BlockLayout`. SD 1.x/2.x's (:data:`SD_BLOCKS`) has 25
+blocks: 0..11 down (LDM ``input_blocks``; 0 is ``conv_in`` and never adapted), 12 the mid
 block, 13..24 up (LDM ``output_blocks``). The text encoder has index -1 and ignores every
 block setting.
 """
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 
 def block_index(name: str) -> int:
-    """Block index (0..24) of a kohya U-Net module name, -1 when it has none (text encoder)."""
+    """SD block index (0..24) of a kohya U-Net module name, -1 when it has none (text encoder)."""
     if "mid_block_" in name:
         return MID_BLOCK_INDEX
     match = _BLOCK_RE.search(name)
@@ -35,6 +36,23 @@ def block_index(name: str) -> int:
     direction, level, kind, position = match.groups()
     index = 3 * int(level) + (2 if kind in ("upsamplers", "downsamplers") else int(position))
     return 1 + index if direction == "down" else NUM_DOWN_BLOCKS + NUM_MID_BLOCKS + index
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How many down, mid and up blocks a U-Net has, and which block a module is in."""
+
+    down: int
+    mid: int
+    up: int
+    index: Callable[[str], int]
+
+    @property
+    def count(self) -> int:
+        return self.down + self.mid + self.up
+
+
+SD_BLOCKS = BlockLayout(NUM_DOWN_BLOCKS, NUM_MID_BLOCKS, NUM_DOWN_BLOCKS, block_index)
 
 
 def _preset(name: str, count: int) -> list[float]:
@@ -78,29 +96,31 @@ def _lr_part(option: str, text: Any, count: int) -> list[float] | None:
     return values
 
 
-def lr_weights(options: Mapping[str, Any]) -> list[float] | None:
-    """The 25 block lr weights from ``down_lr_weight``/``mid_lr_weight``/``up_lr_weight``.
+def lr_weights(options: Mapping[str, Any], layout: BlockLayout = SD_BLOCKS) -> list[float] | None:
+    """The block lr weights (25 for SD) from ``down_lr_weight``/``mid_lr_weight``/``up_lr_weight``.
 
     ``None`` when no lr weight was given. Missing parts are all 1.0; weights at or below
     ``block_lr_zero_threshold`` (default 0) become 0, which removes those blocks' modules.
     """
-    down = _lr_part("down_lr_weight", options.get("down_lr_weight"), NUM_DOWN_BLOCKS)
-    mid = _lr_part("mid_lr_weight", options.get("mid_lr_weight"), NUM_MID_BLOCKS)
-    up = _lr_part("up_lr_weight", options.get("up_lr_weight"), NUM_DOWN_BLOCKS)
+    down = _lr_part("down_lr_weight", options.get("down_lr_weight"), layout.down)
+    mid = _lr_part("mid_lr_weight", options.get("mid_lr_weight"), layout.mid)
+    up = _lr_part("up_lr_weight", options.get("up_lr_weight"), layout.up)
     if down is None and mid is None and up is None:
         return None
     threshold = float(options.get("block_lr_zero_threshold") or 0.0)
-    weights = (down or [1.0] * NUM_DOWN_BLOCKS) + (mid or [1.0]) + (up or [1.0] * NUM_DOWN_BLOCKS)
+    weights = (down or [1.0] * layout.down) + (mid or [1.0] * layout.mid) + (up or [1.0] * layout.up)
     return [0.0 if w <= threshold else w for w in weights]
 
 
-def block_values(option: str, text: Any, cast: Callable[[str], T]) -> list[T] | None:
-    """Parse a block-wise list (``block_dims`` ...): exactly 25 comma-separated values."""
+def block_values(
+    option: str, text: Any, cast: Callable[[str], T], layout: BlockLayout = SD_BLOCKS
+) -> list[T] | None:
+    """Parse a block-wise list (``block_dims`` ...): exactly one value per block (25 for SD)."""
     if text is None or text == "":
         return None
     items = list(text) if isinstance(text, (list, tuple)) else str(text).split(",")
-    if len(items) != NUM_BLOCKS:
-        raise BlockSpecError(f"{option}: expected exactly {NUM_BLOCKS} comma-separated values, got {len(items)}")
+    if len(items) != layout.count:
+        raise BlockSpecError(f"{option}: expected exactly {layout.count} comma-separated values, got {len(items)}")
     try:
         return [cast(str(v).strip()) for v in items]
     except ValueError:
@@ -127,24 +147,25 @@ class RankPlan:
     lr_weights: list[float] | None = None
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> RankPlan:
+    def from_options(cls, options: Mapping[str, Any], layout: BlockLayout = SD_BLOCKS) -> RankPlan:
+        """The plan of a network's options; block-wise lists must have one value per block of ``layout``."""
         dim = int(options.get("network_dim") or 4)
         alpha = options.get("network_alpha")
         alpha = 1.0 if alpha is None else float(alpha)  # kohya's default; 0 means alpha = rank
         conv_dim = int(options.get("conv_dim") or 0)
         conv_alpha = options.get("conv_alpha")
         conv_alpha = 1.0 if conv_alpha is None else float(conv_alpha)
-        conv_block_dims = block_values("conv_block_dims", options.get("conv_block_dims"), int)
+        conv_block_dims = block_values("conv_block_dims", options.get("conv_block_dims"), int, layout)
         return cls(
             network_dim=dim,
             network_alpha=alpha,
             conv_dim=conv_dim,
             conv_alpha=conv_alpha,
-            block_dims=block_values("block_dims", options.get("block_dims"), int),
-            block_alphas=block_values("block_alphas", options.get("block_alphas"), float),
+            block_dims=block_values("block_dims", options.get("block_dims"), int, layout),
+            block_alphas=block_values("block_alphas", options.get("block_alphas"), float, layout),
             conv_block_dims=conv_block_dims,
-            conv_block_alphas=block_values("conv_block_alphas", options.get("conv_block_alphas"), float),
-            lr_weights=lr_weights(options),
+            conv_block_alphas=block_values("conv_block_alphas", options.get("conv_block_alphas"), float, layout),
+            lr_weights=lr_weights(options, layout),
         )
 
     @property

@@ -24,7 +24,6 @@ from typing import Any
 from adapters_core.adapter_source import read_adapter_file
 from adapters_core.errors import FormatError
 from adapters_core.features import UnsupportedFeatureError
-from adapters_core.keys import ldm_unet_aliases
 from adapters_core.lora_set import diffusers_alpha_problem
 from adapters_core.matching import LDM_PARTS, ModuleMatcher, detect_file_network
 from adapters_core.network import split_module_keys
@@ -163,8 +162,9 @@ def check_adapter(
         ]
         return report
     report = CheckReport(str(Path(adapter)), structure.name, network)
-    aliases = ldm_unet_aliases(structure.unet, structure.targets.values())
-    matcher = ModuleMatcher(registry, network, structure.targets, aliases, structure.name, adapter)
+    matcher = ModuleMatcher(
+        registry, network, structure.family, structure.targets, structure.aliases, structure.name, adapter
+    )
     for raw_name in sorted(grouped):
         match, misses = matcher.match(raw_name, grouped[raw_name])
         report.unmatched += [UnmatchedKey(miss.key, block_label(miss.name), miss.reason) for miss in misses]

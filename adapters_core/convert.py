@@ -20,7 +20,10 @@ from adapters_core.adapter_source import FORMATS, read_lora
 from adapters_core.choices import DIFFUSERS_LAYOUTS
 from adapters_core.convert_formats import write_diffusers, write_peft
 from adapters_core.errors import ConfigError, FormatError
-from adapters_core.lora_set import DOWN, LoRASet, write_kohya
+from adapters_core.family import ModelFamily
+from adapters_core.lora_set import DOWN, UP, LoRASet, write_kohya
+from adapters_core.ops.deltas import bundled_layer_shapes
+from adapters_core.plugins import get_registry
 from adapters_core.structure import ModelStructure, model_structure, naming_structure
 
 log = logging.getLogger(__name__)
@@ -48,12 +51,21 @@ class ConvertResult:
     warning: str | None = None  # one line when a common loader would skip part of it
 
 
-def _is_v2(lora: LoRASet) -> bool:
-    """SD 2.x if a cross-attention key/value projection reads 1024-wide contexts."""
-    for name, tensors in lora.modules.items():
-        if name.endswith(("attn2_to_k", "attn2_to_v")):
-            return int(tensors[DOWN].shape[1]) == 1024
-    return False
+def _family_of(lora: LoRASet) -> ModelFamily:
+    """The first installed family whose bundled model has every module of ``lora`` with the
+    factors' input and output sizes (SD 2.x's cross attention reads 1024-wide contexts, SD
+    1.x's 768); the family of SD 1.x-shaped models when none fits."""
+    registry = get_registry()
+    for family in registry.families.values():
+        shapes = bundled_layer_shapes(family.name)
+        if all(
+            name in shapes
+            and int(tensors[DOWN].shape[1]) == shapes[name][1]
+            and int(tensors[UP].shape[0]) == shapes[name][0]
+            for name, tensors in lora.modules.items()
+        ):
+            return family
+    return registry.family_for_components(["unet", "text_encoder"])
 
 
 def _unknown_modules(lora: LoRASet, structure: ModelStructure) -> list[str]:
@@ -86,8 +98,8 @@ def convert_lora(
                 "`adapt check` lists them"
             )
     if to == "kohya":
-        v2 = structure.v2 if structure is not None else _is_v2(lora)
-        write_kohya(lora, output, dtype=dtype, overwrite=overwrite, v2=v2)
+        family = structure.family if structure is not None else _family_of(lora)
+        write_kohya(lora, output, dtype=dtype, overwrite=overwrite, family=family)
         written = Path(output)
     elif to == "diffusers":
         assert naming is not None

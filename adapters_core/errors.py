@@ -19,6 +19,10 @@ class UnknownNetworkError(AdaptError):
     """A network type name that no installed plugin registers."""
 
 
+class UnknownModelFamilyError(AdaptError):
+    """A model family name that no installed plugin registers."""
+
+
 class NetworkOptionError(AdaptError):
     """A bad ``--network_args`` value or combination."""
 

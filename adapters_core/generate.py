@@ -1,9 +1,10 @@
 """``adapt generate``: images from a base model with adapters, reproducible from the seed.
 
-Prompts are encoded as in training (:mod:`adapters_core.train.text`), not by the pipeline,
-so that ``clip_skip`` means what it means in kohya and A1111 (the N-th layer from the end,
-through the final layer norm) on every transformers version, and ``max_token_length``
-150/225 works. Initial noise comes from CPU generators, so a seed gives the same image on
+Prompts are encoded as in training (the model family's ``encode_text``), not by the
+pipeline, so that ``clip_skip`` means what it means in kohya and A1111 (the N-th layer from
+the end, through the final layer norm) on every transformers version, and
+``max_token_length`` 150/225 works. :func:`prompt_conditioning` is the one path from a prompt
+to the pipeline's arguments; training samples use it too. Initial noise comes from CPU generators, so a seed gives the same image on
 any device (up to kernel differences). Image ``k`` of a prompt uses seed ``--seed + k``, or
 the ``k``-th seed of the line's ``--d`` list (continued by +1 steps).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 from adapters_core.api import load_networks
 from adapters_core.blocks import block_multipliers_per_file
 from adapters_core.errors import ConfigError, NonFiniteError
+from adapters_core.family import ModelFamily
 from adapters_core.generate_png import (
     NetworkInfo,
     a1111_parameters,
@@ -34,8 +36,8 @@ from adapters_core.generate_png import (
 from adapters_core.generate_prompts import PromptJob
 from adapters_core.models import SDModel, to_pipeline
 from adapters_core.network import Network
+from adapters_core.plugins import get_registry
 from adapters_core.progress import progress_bar
-from adapters_core.train import text
 
 
 @dataclass(frozen=True)
@@ -58,14 +60,33 @@ class GeneratedImage:
     multipliers: tuple[float, ...]
 
 
-def encode_prompts(pipe: Any, job: PromptJob, settings: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conditioning of the prompt and of the negative prompt, ``[1, tokens, dim]`` each."""
-    text.check_clip_skip(pipe.text_encoder, settings.clip_skip)
-    clip_skip = settings.clip_skip if settings.clip_skip and settings.clip_skip > 1 else None
-    ids = text.tokenize(pipe.tokenizer, [job.prompt, job.negative_prompt], settings.max_token_length)
+def prompt_conditioning(
+    family: ModelFamily,
+    components: Mapping[str, Any],
+    tokenizers: Mapping[str, Any],
+    prompt: str,
+    negative_prompt: str,
+    *,
+    clip_skip: int | None,
+    max_token_length: int | None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """The pipeline arguments that carry a prompt and its negative, encoded in one batch by the
+    family (``clip_skip`` 1 or ``None``: the last layer), optionally cast to ``dtype``."""
+    family.check_clip_skip(components, clip_skip)
     with torch.no_grad():
-        embeds = text.encode(pipe.text_encoder, ids, clip_skip)
-    return embeds[:1], embeds[1:]
+        outputs = family.encode_text(
+            components,
+            tokenizers,
+            [prompt, negative_prompt],
+            max_token_length=max_token_length,
+            clip_skip=clip_skip if clip_skip and clip_skip > 1 else None,
+        )
+    if dtype is not None:
+        outputs = {name: tensor.to(dtype) for name, tensor in outputs.items()}
+    positive = {name: tensor[:1] for name, tensor in outputs.items()}
+    negative = {name: tensor[1:] for name, tensor in outputs.items()}
+    return family.pipeline_conditioning(positive, negative)
 
 
 def image_seeds(job: PromptJob, count: int, base_seed: int) -> list[int]:
@@ -131,6 +152,8 @@ def generate(
     images only (patched networks get their multipliers back at the end).
     """
     base_seed = settings.seed if settings.seed is not None else secrets.randbelow(2**32)
+    family = get_registry().family_of_pipeline(pipe)
+    components, tokenizers = family.pipeline_components(pipe), family.pipeline_tokenizers(pipe)
     defaults = tuple(network.multiplier for network in networks)
     for job in jobs:
         _check_job(job, defaults, merged)
@@ -141,12 +164,14 @@ def generate(
             if not merged:
                 _set_multipliers(networks, multipliers)
             seeds = image_seeds(job, per_prompt, base_seed)
-            positive, negative = encode_prompts(pipe, job, settings)
+            conditioning = prompt_conditioning(
+                family, components, tokenizers, job.prompt, job.negative_prompt,
+                clip_skip=settings.clip_skip, max_token_length=settings.max_token_length,
+            )
             for start in range(0, per_prompt, settings.images_per_prompt):
                 batch = seeds[start:start + settings.images_per_prompt]
                 result = pipe(
-                    prompt_embeds=positive,
-                    negative_prompt_embeds=negative,
+                    **conditioning,
                     num_images_per_prompt=len(batch),
                     width=job.width,
                     height=job.height,
@@ -208,7 +233,7 @@ def generate_to_folder(
     ``block_weights``: per-block multiplier specs, one for every file or one per file. A key
     that loads nowhere stops the run unless ``allow_unmatched``.
     """
-    text.check_clip_skip(model.text_encoder, settings.clip_skip)
+    model.family.check_clip_skip(model.components, settings.clip_skip)
     pipe = to_pipeline(model, settings.sampler)
     blocks = block_multipliers_per_file(block_weights, len(network_weights))
     networks = load_networks(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from adapters_core.family import ModelFamily
     from adapters_core.network import Network
     from adapters_core.types import NetworkType
 
@@ -37,6 +38,19 @@ def register_networks(register: Callable[[NetworkType], None]) -> None:
 
     The host keeps control: it rejects a second type of the same name, naming both
     distributions, and records the distribution and version for ``adapt networks``.
+    """
+
+
+@hookspec
+def register_model_families(register: Callable[[ModelFamily], None]) -> None:
+    """Call ``register(family)`` once for each base-model family this plugin provides.
+
+    ``family`` is an instance of a :class:`adapters_core.family.ModelFamily` subclass; that
+    class documents, method by method, what a family answers (detection, loading, components
+    and their kohya prefixes, block layout, prompt encoding, pipeline, metadata names). The
+    plugin is registered under the entry-point group ``adapt.models``. A second family of the
+    same name is refused, naming both distributions; families are asked to detect a model in
+    the order they were registered.
     """
 
 

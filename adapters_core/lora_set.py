@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 import torch
 
 from adapters_core.errors import FormatError
+from adapters_core.family import ModelFamily
 from adapters_core.formats import save_adapter
 from adapters_core.keys import normalize_module_name
 from adapters_core.metadata import network_metadata
 from adapters_core.network import split_module_keys
+from adapters_core.plugins import get_registry
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +150,11 @@ def write_kohya(
     *,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
-    v2: bool = False,
+    family: ModelFamily | None = None,
 ) -> None:
-    """Write a kohya file; folds alphas first where diffusers would misread them."""
+    """Write a kohya file; folds alphas first where diffusers would misread them. ``family``
+    names the base model in the metadata a file without kohya metadata gets (default: the
+    family of SD 1.x-shaped models)."""
     problem = alpha_problem(lora)
     if problem is not None:
         log.info("%s: folding alpha/rank into lora_up and writing alpha = rank, so every reader "
@@ -159,8 +163,10 @@ def write_kohya(
     metadata = {key: value for key, value in lora.metadata.items() if not key.startswith("sshs_")}
     if lora.source_format != "kohya" or problem is not None:
         dim, alpha = summary_dim_alpha(lora)
+        family = family or get_registry().family_for_components(["unet", "text_encoder"])
         defaults = network_metadata(
-            network_module="networks.lora", dim=dim, alpha=alpha, network_args=None, v2=v2, v_parameterization=False
+            network_module="networks.lora", dim=dim, alpha=alpha, network_args=None, family=family,
+            v_parameterization=False,
         )
         metadata = {**defaults, **metadata, "ss_network_dim": str(dim), "ss_network_alpha": str(alpha)}
     save_adapter(path, kohya_state_dict(lora), metadata=metadata, dtype=dtype, overwrite=overwrite)

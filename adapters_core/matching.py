@@ -14,12 +14,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from adapters_core.blocks import block_index
 from adapters_core.errors import FormatError, ShapeMismatchError
 from adapters_core.features import refuse_features
 from adapters_core.keys import normalize_module_name
@@ -27,14 +26,15 @@ from adapters_core.module import load_module_tensors
 from adapters_core.options import resolve_options
 from adapters_core.plugins import Registry
 from adapters_core.targets import (
-    TEXT_ENCODER_PREFIX,
-    UNET_PREFIX,
     Target,
-    all_targets,
     kohya_name,
     layer_kind,
+    model_targets,
     text_encoder_module_path,
 )
+
+if TYPE_CHECKING:
+    from adapters_core.family import ModelFamily
 
 LDM_PARTS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
 
@@ -43,27 +43,26 @@ class UnmatchedKeysError(FormatError):
     """Keys of an adapter file that load nowhere, while ``--allow_unmatched`` was not given."""
 
 
-def loadable_targets(unet: nn.Module | None, text_encoder: nn.Module | None) -> list[Target]:
+def loadable_targets(family: ModelFamily, components: Mapping[str, nn.Module | None]) -> list[Target]:
     """Every Linear/Conv2d layer a file may adapt: the adapter targets (3x3 convs included)
     first, then the model's other Linear/Conv2d layers (``conv_in``, ``time_embedding...``)."""
-    found = all_targets(unet, text_encoder, include_conv_blocks=True)
+    found = model_targets(family, components, include_conv_blocks=True)
     names = {target.name for target in found}
-    for prefix, root, component in (
-        (TEXT_ENCODER_PREFIX, text_encoder, "text_encoder"),
-        (UNET_PREFIX, unet, "unet"),
-    ):
+    for part in family.components:
+        root = components.get(part.name)
         if root is None:
             continue
+        is_text = part.role == "text_encoder"
         for path, layer in root.named_modules():
             kind = layer_kind(layer)
             if kind is None:
                 continue
-            name = kohya_name(prefix, text_encoder_module_path(path) if component == "text_encoder" else path)
+            name = kohya_name(part.kohya_prefix, text_encoder_module_path(path) if is_text else path)
             if name in names:
                 continue
             names.add(name)
-            index = block_index(name) if component == "unet" else -1
-            found.append(Target(name, layer, component, index, kind, in_conv_block=False, module_path=path))
+            index = -1 if is_text else family.blocks.index(name)
+            found.append(Target(name, layer, part.name, index, kind, False, path, part.role))
     return found
 
 
@@ -115,6 +114,7 @@ class ModuleMatcher:
         self,
         registry: Registry,
         network: str,
+        family: ModelFamily,
         layers: Mapping[str, Target],
         aliases: Mapping[str, str],
         model_name: str,
@@ -122,6 +122,7 @@ class ModuleMatcher:
     ) -> None:
         self.hook = registry.hook
         self.network = network
+        self.family = family
         self.layers = layers
         self.aliases = aliases
         self.model_name = model_name
@@ -129,10 +130,12 @@ class ModuleMatcher:
         self.options = resolve_options(registry.get(network), {})
 
     def _no_layer_reason(self, raw_name: str, name: str) -> str:
-        if raw_name.startswith(("lora_te1_", "lora_te2_")):
-            return "SDXL text-encoder module; SD 1.x/2.x models have one text encoder (lora_te_)"
-        if not raw_name.startswith((UNET_PREFIX + "_", TEXT_ENCODER_PREFIX + "_")):
-            return "unknown prefix; expected lora_unet_ or lora_te_"
+        hint = self.family.foreign_module_hint(raw_name)
+        if hint is not None:
+            return hint
+        prefixes = [part.kohya_prefix + "_" for part in reversed(self.family.components)]
+        if not raw_name.startswith(tuple(prefixes)):
+            return f"unknown prefix; expected {', '.join(prefixes[:-1])} or {prefixes[-1]}"
         if raw_name.startswith(LDM_PARTS) and name == raw_name:
             return f"LDM-style name that maps to no layer of {self.model_name}"
         close = difflib.get_close_matches(name, list(self.layers), n=1, cutoff=0.8)

@@ -9,44 +9,48 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters_core import __version__
+
+if TYPE_CHECKING:
+    from adapters_core.family import ModelFamily
 
 MODELSPEC_VERSION = "1.0.1"
 IMPLEMENTATION = "diffusers"
 
 
-def base_model_version(v2: bool, v_parameterization: bool) -> str:
-    """kohya's ``ss_base_model_version``: ``sd_v1``, ``sd_v2`` or ``sd_v2_v``."""
-    if not v2:
-        return "sd_v1"
-    return "sd_v2_v" if v_parameterization else "sd_v2"
+def family_from_metadata(metadata: Mapping[str, str]) -> tuple[ModelFamily, bool]:
+    """The installed model family an adapter file was made for, and whether its base predicts
+    v: the first family that claims the metadata (``ss_base_model_version``), else the first
+    one with a U-Net and one text encoder (kohya files without metadata are SD 1.x)."""
+    from adapters_core.plugins import get_registry
+
+    registry = get_registry()
+    version = metadata.get("ss_base_model_version", "")
+    v_prediction = version.endswith("_v") or metadata.get("modelspec.prediction_type") == "v"
+    for family in registry.families.values():
+        if family.claims_metadata(metadata):
+            return family, v_prediction
+    if metadata.get("ss_v2") == "True":
+        v2_families = [family for family in registry.families.values() if family.kohya_v2]
+        if v2_families:
+            return v2_families[0], v_prediction
+    return registry.family_for_components(["unet", "text_encoder"]), v_prediction
 
 
-def architecture(v2: bool, v_parameterization: bool, kind: str = "lora") -> str:
-    if not v2:
-        base = "stable-diffusion-v1"
-    else:
-        base = "stable-diffusion-v2-768-v" if v_parameterization else "stable-diffusion-v2-512"
+def _architecture(family: ModelFamily, v_prediction: bool, kind: str) -> str:
+    base = family.architecture(v_prediction)
     return f"{base}/{kind}" if kind else base
 
 
-def default_resolution(v2: bool, v_parameterization: bool) -> str:
-    return "768x768" if v2 and v_parameterization else "512x512"
-
-
-def flags_from_metadata(metadata: Mapping[str, str]) -> tuple[bool, bool]:
-    """``(v2, v_parameterization)`` recorded in a file (SD1 when absent)."""
-    version = metadata.get("ss_base_model_version", "")
-    v2 = metadata.get("ss_v2") == "True" or version.startswith("sd_v2")
-    v_param = version == "sd_v2_v" or metadata.get("modelspec.prediction_type") == "v"
-    return v2, v_param
+def _square(side: int) -> str:
+    return f"{side}x{side}"
 
 
 def modelspec_metadata(
     *,
-    v2: bool,
+    family: ModelFamily,
     v_parameterization: bool,
     title: str | None,
     kind: str = "lora",
@@ -60,11 +64,11 @@ def modelspec_metadata(
     when = _dt.datetime.fromtimestamp(timestamp) if timestamp is not None else _dt.datetime.now()
     meta = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": architecture(v2, v_parameterization, kind),
+        "modelspec.architecture": _architecture(family, v_parameterization, kind),
         "modelspec.implementation": IMPLEMENTATION,
         "modelspec.implementation_version": f"adapt/{__version__}",
         "modelspec.title": title or f"{kind.upper() or 'Checkpoint'}@{when.strftime('%Y-%m-%d %H:%M:%S')}",
-        "modelspec.resolution": resolution or default_resolution(v2, v_parameterization),
+        "modelspec.resolution": resolution or _square(family.default_resolution(v_parameterization)),
         "modelspec.date": when.replace(microsecond=0).isoformat(),
         "modelspec.prediction_type": "v" if v_parameterization else "epsilon",
     }
@@ -83,13 +87,13 @@ def network_metadata(
     dim: Any,
     alpha: Any,
     network_args: Mapping[str, Any] | None,
-    v2: bool,
+    family: ModelFamily,
     v_parameterization: bool,
 ) -> dict[str, str]:
     """kohya's minimum network keys: ``ss_v2``, ``ss_base_model_version``, ``ss_network_*``."""
     meta = {
-        "ss_v2": str(bool(v2)),
-        "ss_base_model_version": base_model_version(v2, v_parameterization),
+        "ss_v2": str(bool(family.kohya_v2)),
+        "ss_base_model_version": family.base_model_version(v_parameterization),
         "ss_network_module": network_module,
         "ss_network_dim": str(dim),
         "ss_network_alpha": str(alpha),

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from adapters_core.blocks import BlockMultipliers, RankPlan
 from adapters_core.errors import NonFiniteError
-from adapters_core.keys import ldm_unet_aliases
 from adapters_core.matching import (
     KeyMiss,
     ModuleMatcher,
@@ -24,8 +23,47 @@ from adapters_core.module import AdapterModule
 from adapters_core.options import resolve_options
 from adapters_core.patching import attach, detach
 from adapters_core.plugins import Registry, get_registry
-from adapters_core.targets import Target, all_targets
+from adapters_core.targets import Target, model_targets
 from adapters_core.types import NetworkType
+
+if TYPE_CHECKING:
+    from adapters_core.family import ModelFamily
+
+Components = Mapping[str, "nn.Module | None"]
+
+
+def resolve_model(
+    registry: Registry,
+    model: Any = None,
+    family: ModelFamily | str | None = None,
+    components: Components | None = None,
+    unet: nn.Module | None = None,
+    text_encoder: nn.Module | None = None,
+) -> tuple[ModelFamily, dict[str, nn.Module | None]]:
+    """The family and components a network attaches to.
+
+    ``model`` is a loaded model (:class:`~adapters_core.models.SDModel`: its family and
+    components) or a Diffusers pipeline (its family is found by the installed families);
+    otherwise ``components`` by name, to which ``unet=``/``text_encoder=`` add, and the
+    family named (or the one these component names fit).
+    """
+    parts: dict[str, nn.Module | None] = {}
+    found: ModelFamily | None = None
+    if model is not None:
+        model_family = getattr(model, "family", None)
+        found = model_family if model_family is not None else registry.family_of_pipeline(model)
+        parts.update(model.components if model_family is not None else found.pipeline_components(model))
+    parts.update(components or {})
+    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+        if module is not None:
+            parts[name] = module
+    if isinstance(family, str):
+        found = registry.family(family)
+    elif family is not None:
+        found = family
+    if found is None:
+        found = registry.family_for_components(parts or {"unet"})
+    return found, parts
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +85,12 @@ class Network(nn.Module):
     folds the deltas into the layers' weights.
     """
 
-    def __init__(self, network_type: NetworkType, options: Mapping[str, Any], registry: Registry) -> None:
+    def __init__(
+        self, network_type: NetworkType, options: Mapping[str, Any], registry: Registry, family: ModelFamily
+    ) -> None:
         super().__init__()
         self.network_type = network_type
+        self.family = family
         self.options = dict(options)
         self.registry = registry
         self.targets: dict[str, Target] = {}
@@ -64,19 +105,26 @@ class Network(nn.Module):
         cls,
         network: str,
         *,
+        model: Any = None,
+        family: ModelFamily | str | None = None,
+        components: Components | None = None,
         unet: nn.Module | None = None,
         text_encoder: nn.Module | None = None,
         options: Mapping[str, Any] | None = None,
         multiplier: float = 1.0,
         registry: Registry | None = None,
     ) -> Network:
-        """A fresh network of type ``network`` on the given models (pass ``None`` to skip one)."""
+        """A fresh network of type ``network`` on a model's components (see :func:`resolve_model`;
+        a component given as ``None`` is skipped)."""
+        registry = registry or get_registry()
+        found, parts = resolve_model(registry, model, family, components, unet, text_encoder)
         return cls._build(
             network,
             options,
             registry,
+            found,
             multiplier,
-            lambda plan: all_targets(unet, text_encoder, include_conv_blocks=plan.conv_enabled),
+            lambda plan: model_targets(found, parts, include_conv_blocks=plan.conv_enabled),
         )
 
     @classmethod
@@ -88,25 +136,29 @@ class Network(nn.Module):
         options: Mapping[str, Any] | None = None,
         multiplier: float = 1.0,
         registry: Registry | None = None,
+        family: ModelFamily | str | None = None,
     ) -> Network:
-        """A fresh network on an explicit list of layers (the contract suite, custom models)."""
-        return cls._build(network, options, registry, multiplier, lambda _plan: targets)
+        """A fresh network on an explicit list of layers (the contract suite, custom models);
+        ``family`` (default: the one with a U-Net and a text encoder) gives the block layout."""
+        registry = registry or get_registry()
+        found, _ = resolve_model(registry, family=family, components={"unet": None, "text_encoder": None})
+        return cls._build(network, options, registry, found, multiplier, lambda _plan: targets)
 
     @classmethod
     def _build(
         cls,
         network: str,
         options: Mapping[str, Any] | None,
-        registry: Registry | None,
+        registry: Registry,
+        family: ModelFamily,
         multiplier: float,
         targets_for: Callable[[RankPlan], Iterable[Target]],
     ) -> Network:
         """Resolve the options, then add a module to every target the rank plan gives a rank."""
-        registry = registry or get_registry()
         network_type = registry.get(network)
         resolved = resolve_options(network_type, options or {})
-        plan = RankPlan.from_options(resolved)
-        self = cls(network_type, resolved, registry)
+        plan = RankPlan.from_options(resolved, family.blocks)
+        self = cls(network_type, resolved, registry, family)
         for target in targets_for(plan):
             dim, alpha = plan.dim_alpha(target.block_index, target.layer_kind)
             if dim > 0:
@@ -119,6 +171,9 @@ class Network(nn.Module):
         cls,
         tensors: Mapping[str, torch.Tensor],
         *,
+        model: Any = None,
+        family: ModelFamily | str | None = None,
+        components: Components | None = None,
         unet: nn.Module | None = None,
         text_encoder: nn.Module | None = None,
         targets: Iterable[Target] | None = None,
@@ -131,8 +186,8 @@ class Network(nn.Module):
     ) -> Network:
         """A network holding exactly the modules named in ``tensors``, with their weights loaded.
 
-        Modules apply to every Linear/Conv2d layer of the given models they name (or to
-        ``targets``, when given instead of models), matched as ``adapt check`` matches them
+        Modules apply to every Linear/Conv2d layer of the model's components they name (see
+        :func:`resolve_model`; or to ``targets``, when given instead), matched as ``adapt check`` matches them
         (:class:`~adapters_core.matching.ModuleMatcher`). Keys that load nowhere raise
         :class:`~adapters_core.matching.UnmatchedKeysError` unless ``allow_unmatched``; then
         they are logged and kept in :attr:`unmatched_keys`.
@@ -141,11 +196,12 @@ class Network(nn.Module):
         if network is None:
             network = detect_file_network(registry, tensors, metadata or {}, source)
         network_type = registry.get(network)
-        self = cls(network_type, resolve_options(network_type, {}), registry)
-        layers = list(targets) if targets is not None else loadable_targets(unet, text_encoder)
+        found, parts = resolve_model(registry, model, family, components, unet, text_encoder)
+        self = cls(network_type, resolve_options(network_type, {}), registry, found)
+        layers = list(targets) if targets is not None else loadable_targets(found, parts)
         candidates = {t.name: t for t in layers}
-        aliases = ldm_unet_aliases(unet, candidates.values())
-        matcher = ModuleMatcher(registry, network_type.name, candidates, aliases, "the model", source)
+        aliases = found.module_aliases(parts, candidates.values())
+        matcher = ModuleMatcher(registry, network_type.name, found, candidates, aliases, "the model", source)
         misses: list[KeyMiss] = []
         for raw_name, module_tensors in split_module_keys(tensors).items():
             match, missed = matcher.match(raw_name, module_tensors)
@@ -168,6 +224,9 @@ class Network(nn.Module):
         cls,
         path: str | os.PathLike[str],
         *,
+        model: Any = None,
+        family: ModelFamily | str | None = None,
+        components: Components | None = None,
         unet: nn.Module | None = None,
         text_encoder: nn.Module | None = None,
         multiplier: float = 1.0,
@@ -182,6 +241,9 @@ class Network(nn.Module):
         loaded = read_adapter_file(path)
         return cls.from_weights(
             loaded.tensors,
+            model=model,
+            family=family,
+            components=components,
             unet=unet,
             text_encoder=text_encoder,
             metadata=loaded.metadata,
@@ -284,36 +346,6 @@ class Network(nn.Module):
             layer.weight.copy_(new_weight)
 
     # -- training -----------------------------------------------------------------------
-    def prepare_optimizer_params(
-        self, text_encoder_lr: float | None, unet_lr: float | None, default_lr: float
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Optimizer parameter groups: text encoder, then U-Net (one group per block in block mode).
-
-        Groups whose learning rate is 0 are dropped, as kohya does.
-        """
-        plan = RankPlan.from_options(self.options)
-        groups: list[dict[str, Any]] = []
-        descriptions: list[str] = []
-        te_params = [p for _, m in self.component_modules("text_encoder") for p in m.parameters()]
-        if te_params:
-            groups.append({"params": te_params, "lr": text_encoder_lr or default_lr})
-            descriptions.append("text_encoder")
-        unet_modules = list(self.component_modules("unet"))
-        base_lr = unet_lr or default_lr
-        if plan.block_mode:
-            by_block: dict[int, list[nn.Parameter]] = {}
-            for name, module in unet_modules:
-                by_block.setdefault(self.targets[name].block_index, []).extend(module.parameters())
-            for block in sorted(by_block):
-                lr = base_lr * plan.block_lr_weight(block)
-                if lr > 0:
-                    groups.append({"params": by_block[block], "lr": lr})
-                    descriptions.append(f"unet block {block}")
-        elif unet_modules:
-            groups.append({"params": [p for _, m in unet_modules for p in m.parameters()], "lr": base_lr})
-            descriptions.append("unet")
-        return groups, descriptions
-
     def on_train_step(self, step: int) -> None:
         self.registry.hook.on_train_step(network=self, step=step)
 

@@ -1,6 +1,7 @@
-"""The plugin host: loads adapter types from the ``adapt.networks`` entry-point group.
+"""The plugin host: loads adapter types (entry-point group ``adapt.networks``) and model
+families (group ``adapt.models``) into one plugin manager.
 
-Built-in types are loaded exactly like third-party ones. Any validation failure (a hook
+Built-in types and families are loaded exactly like third-party ones. Any validation failure (a hook
 with a wrong signature, a misspelled hook, two types with one name) raises
 :class:`PluginError` with one line naming the plugin and its distribution.
 """
@@ -8,6 +9,7 @@ with a wrong signature, a misspelled hook, two types with one name) raises
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -16,10 +18,13 @@ from typing import Any
 import pluggy
 
 from adapters_core import hookspecs
-from adapters_core.errors import PluginError, UnknownNetworkError
+from adapters_core.errors import PluginError, UnknownModelFamilyError, UnknownNetworkError
+from adapters_core.family import ModelFamily
 from adapters_core.types import NetworkType
 
 ENTRY_POINT_GROUP = "adapt.networks"
+MODELS_ENTRY_POINT_GROUP = "adapt.models"
+ENTRY_POINT_GROUPS = (ENTRY_POINT_GROUP, MODELS_ENTRY_POINT_GROUP)
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
 
 
@@ -46,6 +51,8 @@ class Registry:
         self.types: dict[str, NetworkType] = {}
         self._aliases: dict[str, str] = {}
         self._origins: dict[str, LoadedPlugin] = {}
+        self.families: dict[str, ModelFamily] = {}
+        self.family_origins: dict[str, LoadedPlugin] = {}
 
     @property
     def hook(self) -> Any:
@@ -65,6 +72,20 @@ class Registry:
         impl = getattr(module, "register_networks", None)
         if impl is not None:
             impl(register=functools.partial(self._register_type, origin))
+        families_impl = getattr(module, "register_model_families", None)
+        if families_impl is not None:
+            families_impl(register=functools.partial(self._register_family, origin))
+
+    def _register_family(self, origin: LoadedPlugin, family: ModelFamily) -> None:
+        if not isinstance(family, ModelFamily) or not family.name:
+            raise PluginError(f"{origin.describe()}: registered {family!r}; expected a named ModelFamily instance")
+        if family.name in self.families:
+            raise PluginError(
+                f"model family '{family.name}' is registered twice: by "
+                f"{self.family_origins[family.name].describe()} and by {origin.describe()}"
+            )
+        self.families[family.name] = family
+        self.family_origins[family.name] = origin
 
     def _register_type(self, origin: LoadedPlugin, network_type: NetworkType) -> None:
         stamped = replace(network_type, distribution=origin.distribution, version=origin.version)
@@ -101,6 +122,44 @@ class Registry:
         return found
 
 
+    def family(self, name: str) -> ModelFamily:
+        """The model family named ``name``."""
+        if name not in self.families:
+            known = ", ".join(self.families) or "none installed"
+            raise UnknownModelFamilyError(f"unknown model family '{name}'; installed families: {known}")
+        return self.families[name]
+
+    def family_for_components(self, names: Iterable[str]) -> ModelFamily:
+        """The family that names components ``names`` (``unet``, ``text_encoder``): one with exactly
+        these components first, else the one with the fewest more; registration order breaks ties."""
+        wanted = set(names)
+        fitting = [f for f in self.families.values() if wanted <= {c.name for c in f.components}]
+        if not fitting:
+            known = ", ".join(f"{f.name} ({', '.join(c.name for c in f.components)})" for f in self.families.values())
+            raise UnknownModelFamilyError(f"no installed model family has the components {sorted(wanted)}; {known}")
+        return min(fitting, key=lambda f: len(f.components) - len(wanted))
+
+    def family_for_v2_flag(self, v2: bool | None) -> str | None:
+        """kohya's ``--v2`` resolved at the edge: the first family that is SD 2.x-like
+        (``kohya_v2``); without the flag ``None`` (the model's family is detected)."""
+        if not v2:
+            return None
+        for family in self.families.values():
+            if family.kohya_v2:
+                return family.name
+        raise UnknownModelFamilyError("--v2: no installed model family is an SD 2.x family")
+
+    def family_of_pipeline(self, pipe: object) -> ModelFamily:
+        """The family of a Diffusers pipeline object (Python API)."""
+        for family in self.families.values():
+            if family.owns_pipeline(pipe):
+                return family
+        known = ", ".join(self.families) or "none installed"
+        raise UnknownModelFamilyError(
+            f"{type(pipe).__name__}: no installed model family owns this pipeline; installed families: {known}"
+        )
+
+
 def _origin(ep: EntryPoint) -> LoadedPlugin:
     dist = getattr(ep, "dist", None)
     return LoadedPlugin(
@@ -112,9 +171,12 @@ def _origin(ep: EntryPoint) -> LoadedPlugin:
 
 
 def load_registry() -> Registry:
-    """Build a registry from every entry point of the ``adapt.networks`` group."""
+    """Build a registry from every entry point of the ``adapt.networks`` and ``adapt.models``
+    groups (each group in entry-point name order: families register in that order, which is
+    the order detection asks them in)."""
     registry = Registry()
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    found = [ep for group in ENTRY_POINT_GROUPS for ep in sorted(entry_points(group=group), key=lambda e: e.name)]
+    for ep in found:
         origin = _origin(ep)
         try:
             module = ep.load()

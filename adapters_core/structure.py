@@ -1,11 +1,12 @@
 """The layer structure of a base model without its weights, for ``check`` and ``convert``.
 
 Checking an adapter against a model or converting its key names needs the model's layer
-names and shapes, not its weights. The U-Net and text encoder are therefore built on the
-``meta`` device: from the bundled SD configs (``sd_v1``, ``sd_v2``, ``sd_v2_v``, ``tiny``),
-from a Diffusers folder's ``config.json`` files, or from the architecture a single-file
-checkpoint's tensor shapes reveal (only a safetensors header is read; a pickled ``.ckpt``
-has to be loaded). Building SD 1.5 this way takes about a second and allocates nothing.
+names and shapes, not its weights. The family's components are therefore built on the
+``meta`` device: from the family's bundled configs (``--model sd_v1``, a name some
+installed family answers to), from a Diffusers folder's ``config.json`` files, or from the
+family a single-file checkpoint's tensor shapes reveal (only a safetensors header is read;
+a pickled ``.ckpt`` has to be loaded). Building SD 1.5 this way takes about a second and
+allocates nothing.
 """
 
 from __future__ import annotations
@@ -16,23 +17,25 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from adapters_core.errors import ModelLoadError
-from adapters_core.formats import SAFETENSORS_SUFFIX, read_safetensors_header
+from adapters_core.family import ModelFamily
 from adapters_core.matching import loadable_targets
-from adapters_core.metadata import flags_from_metadata
-from adapters_core.models.bundled import config_name_for
+from adapters_core.metadata import family_from_metadata
+from adapters_core.plugins import get_registry
 from adapters_core.targets import Target, text_encoder_module_path
 
-# Names accepted by ``--model`` besides paths, and the bundled config set each one means.
-BUILTIN_MODELS: dict[str, str] = {
-    "sd_v1": "sd_v1", "sd1": "sd_v1", "sd15": "sd_v1",
-    "sd_v2": "sd_v2", "sd2": "sd_v2",
-    "sd_v2_v": "sd_v2_v", "sd2-v": "sd_v2_v", "sd2v": "sd_v2_v",
-    "tiny": "tiny",
-}
+
+def builtin_model_names() -> dict[str, tuple[ModelFamily, bool]]:
+    """Names ``--model`` accepts besides paths: each installed family's bundled models
+    (``sd_v1``, ``sd2-v``, ``tiny`` ...) -> (family, v-prediction)."""
+    names: dict[str, tuple[ModelFamily, bool]] = {}
+    for family in get_registry().families.values():
+        for name, v_prediction in getattr(family, "model_names", {}).items():
+            names.setdefault(name, (family, v_prediction))
+    return names
+
 
 @dataclass
 class ModelStructure:
@@ -44,125 +47,90 @@ class ModelStructure:
     """
 
     name: str
-    unet: nn.Module | None
-    text_encoder: nn.Module | None
-    v2: bool = False
+    family: ModelFamily
+    components: dict[str, nn.Module | None]
+    v_prediction: bool = False
 
     @cached_property
     def targets(self) -> dict[str, Target]:
         """Every layer an adapter file may adapt, by kohya name (:func:`loadable_targets`)."""
-        return {t.name: t for t in loadable_targets(self.unet, self.text_encoder)}
+        return {t.name: t for t in loadable_targets(self.family, self.components)}
 
     @cached_property
-    def _layers(self) -> dict[str, tuple[str, str]]:
-        """kohya module name -> (component, path in the installed model class)."""
-        return {name: (target.component, target.module_path) for name, target in self.targets.items()}
+    def aliases(self) -> dict[str, str]:
+        """Other spellings of module names files use (:meth:`ModelFamily.module_aliases`)."""
+        return self.family.module_aliases(self.components, self.targets.values())
 
     def __contains__(self, name: str) -> bool:
-        return name in self._layers
+        return name in self.targets
 
     def component(self, name: str) -> str:
-        """``unet`` or ``text_encoder`` for a known kohya module name."""
-        return self._layers[name][0]
+        """The component (``unet``, ``text_encoder`` ...) of a known kohya module name."""
+        return self.targets[name].component
 
     def module_path(self, name: str) -> str:
         """The module's path as the installed libraries name it (what PEFT keys use)."""
-        return self._layers[name][1]
+        return self.targets[name].module_path
 
     def format_path(self, name: str) -> str:
         """The file-format path of a module: text-encoder paths always start with ``text_model.``."""
-        component, path = self._layers[name]
-        return text_encoder_module_path(path) if component == "text_encoder" else path
+        target = self.targets[name]
+        return text_encoder_module_path(target.module_path) if target.is_text_encoder else target.module_path
 
     def layer(self, name: str) -> nn.Module:
-        component, path = self._layers[name]
-        root = self.unet if component == "unet" else self.text_encoder
-        assert root is not None
-        return root.get_submodule(path)
+        return self.targets[name].layer
 
 
-def _builtin(config_name: str) -> ModelStructure:
-    from adapters_core.models.tiny import (  # diffusers and transformers only when a model is built
-        build_sd2_text_encoder,
-        build_sd2_unet,
-        build_sd15_text_encoder,
-        build_sd15_unet,
-        build_tiny_model,
-    )
-
-    if config_name == "tiny":
-        tiny = build_tiny_model()
-        return ModelStructure("tiny", tiny.unet, tiny.text_encoder)
-    if config_name == "sd_v1":
-        return ModelStructure("sd_v1", build_sd15_unet("meta"), build_sd15_text_encoder("meta"))
-    unet = build_sd2_unet("meta", v_parameterization=config_name == "sd_v2_v")
-    return ModelStructure(config_name, unet, build_sd2_text_encoder("meta"), True)
+def _builtin(family: ModelFamily, v_prediction: bool, name: str) -> ModelStructure:
+    components: dict[str, nn.Module | None] = dict(family.build_components(device="meta", v_prediction=v_prediction))
+    return ModelStructure(name, family, components, v_prediction)
 
 
 def _from_diffusers_folder(folder: Path) -> ModelStructure:
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from adapters_core.models.loader import detect_family
 
-    if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(f"{folder}: folder has no model_index.json; expected a Diffusers model folder")
-    try:
-        unet_config = UNet2DConditionModel.load_config(folder / "unet")
-        te_config = CLIPTextConfig.from_pretrained(folder / "text_encoder")
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"{folder}: cannot read its unet/text_encoder configs ({error})") from None
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(unet_config)
-        text_encoder = CLIPTextModel(te_config)
-    v2 = unet.config.cross_attention_dim == 1024
-    return ModelStructure(str(folder), unet, text_encoder, v2)
-
-
-def _header_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Empty ``meta`` tensors with the shapes a safetensors header declares (no data read)."""
-    header = read_safetensors_header(path)
-    return {
-        key: torch.empty(info["shape"], device="meta")
-        for key, info in header.items()
-        if key != "__metadata__" and isinstance(info, dict)
-    }
+    family = detect_family(folder)
+    components: dict[str, nn.Module | None] = dict(family.build_components(device="meta", folder=folder))
+    return ModelStructure(str(folder), family, components)
 
 
 def _from_single_file(path: Path) -> ModelStructure:
-    from adapters_core.models.loader import detect_architecture
-    from adapters_core.models.single_file import read_checkpoint
+    from adapters_core.models.loader import detect_family
 
-    tensors = _header_tensors(path) if path.suffix.lower() == SAFETENSORS_SUFFIX else read_checkpoint(path)[0]
-    architecture = detect_architecture(tensors, path)
-    structure = _builtin(architecture)  # sd_v2 and sd_v2_v have the same layers
-    structure.name = str(path)
-    return structure
+    return _builtin(detect_family(path), False, str(path))
 
 
 def model_structure(model: str | os.PathLike[str]) -> ModelStructure:
-    """The structure of ``model``: a built-in name (``sd_v1``, ``sd_v2``, ``sd_v2_v``, ``tiny``),
-    a Diffusers folder or a single-file checkpoint."""
-    if str(model) in BUILTIN_MODELS:
-        return _builtin(BUILTIN_MODELS[str(model)])
+    """The structure of ``model``: a bundled model's name (``sd_v1``, ``sd_v2``, ``sd_v2_v``,
+    ``tiny``, ... as the installed families name them), a Diffusers folder or a single-file
+    checkpoint."""
+    builtin = builtin_model_names()
+    if str(model) in builtin:
+        family, v_prediction = builtin[str(model)]
+        return _builtin(family, v_prediction, str(model))
     path = Path(model)
     if path.is_dir():
         return _from_diffusers_folder(path)
     if path.is_file():
         return _from_single_file(path)
-    raise ModelLoadError(
-        f"--model {model}: no such file or folder, and not one of {', '.join(sorted(set(BUILTIN_MODELS.values())))}"
-    )
+    raise ModelLoadError(f"--model {model}: no such file or folder, and not one of {', '.join(sorted(builtin))}")
 
 
 def structure_from_metadata(metadata: Mapping[str, str]) -> ModelStructure:
-    """The bundled SD architecture an adapter file's metadata names (SD 1.x when it names none)."""
-    v2, v_param = flags_from_metadata(metadata)
-    return _builtin(config_name_for(v2, v_param))
+    """The bundled model of the family an adapter file's metadata names (SD 1.x when it names none)."""
+    family, v_prediction = family_from_metadata(metadata)
+    return _builtin(family, v_prediction, family.base_model_version(v_prediction))
 
 
 def naming_structure() -> ModelStructure:
     """Every module name SD 1.x and 2.x share, for renaming keys without a model: the SD U-Net
     (both versions name their layers alike) with the 23-layer SD 2.x text encoder (whose
     names include SD 1.x's 12 layers)."""
-    from adapters_core.models.tiny import build_sd2_text_encoder, build_sd15_unet
-
-    return ModelStructure("SD 1.x/2.x names", build_sd15_unet("meta"), build_sd2_text_encoder("meta"))
+    registry = get_registry()
+    sd1 = registry.family_for_components(["unet", "text_encoder"])
+    v2_families = [family for family in registry.families.values() if family.kohya_v2] or [sd1]
+    components = {
+        "unet": sd1.build_components(device="meta")["unet"],
+        "text_encoder": v2_families[0].build_components(device="meta")["text_encoder"],
+    }
+    return ModelStructure("SD 1.x/2.x names", sd1, components)

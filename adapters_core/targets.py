@@ -8,12 +8,16 @@ installed transformers version.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from adapters_core.blocks import MID_BLOCK_INDEX, NUM_DOWN_BLOCKS, block_index
+from adapters_core.blocks import MID_BLOCK_INDEX, NUM_DOWN_BLOCKS, SD_BLOCKS, BlockLayout, block_index
+
+if TYPE_CHECKING:
+    from adapters_core.family import ModelFamily
 
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
@@ -36,11 +40,16 @@ class Target:
 
     name: str
     layer: nn.Module
-    component: str  # "unet" or "text_encoder"
+    component: str  # the family's component name: "unet", "text_encoder", "text_encoder_2"
     block_index: int
     layer_kind: str
     in_conv_block: bool
     module_path: str = ""  # the layer's path in its model, as named_modules() gives it today
+    role: str = ""  # "unet" or "text_encoder" (the component's role); the component name when empty
+
+    @property
+    def is_text_encoder(self) -> bool:
+        return (self.role or self.component) == "text_encoder"
 
 
 def kohya_name(prefix: str, module_path: str) -> str:
@@ -89,27 +98,37 @@ def text_encoder_module_path(path: str) -> str:
     return path if path.startswith("text_model.") else f"text_model.{path}"
 
 
-def unet_targets(unet: nn.Module, include_conv_blocks: bool) -> list[Target]:
+def unet_targets(
+    unet: nn.Module,
+    include_conv_blocks: bool,
+    *,
+    prefix: str = UNET_PREFIX,
+    component: str = "unet",
+    blocks: BlockLayout = SD_BLOCKS,
+) -> list[Target]:
     containers = UNET_ATTENTION_CONTAINERS | (UNET_CONV_CONTAINERS if include_conv_blocks else frozenset())
     targets: dict[str, Target] = {}
     for container, path, layer in _candidates(unet, containers):
-        name = kohya_name(UNET_PREFIX, path)
+        name = kohya_name(prefix, path)
         targets.setdefault(
             name,
             Target(
                 name=name,
                 layer=layer,
-                component="unet",
-                block_index=block_index(name),
+                component=component,
+                block_index=blocks.index(name),
                 layer_kind=layer_kind(layer) or "",
                 in_conv_block=container in UNET_CONV_CONTAINERS,
                 module_path=path,
+                role="unet",
             ),
         )
     return list(targets.values())
 
 
-def text_encoder_targets(text_encoder: nn.Module, prefix: str = TEXT_ENCODER_PREFIX) -> list[Target]:
+def text_encoder_targets(
+    text_encoder: nn.Module, prefix: str = TEXT_ENCODER_PREFIX, component: str = "text_encoder"
+) -> list[Target]:
     targets: dict[str, Target] = {}
     for _, path, layer in _candidates(text_encoder, TEXT_ENCODER_CONTAINERS):
         name = kohya_name(prefix, text_encoder_module_path(path))
@@ -118,21 +137,31 @@ def text_encoder_targets(text_encoder: nn.Module, prefix: str = TEXT_ENCODER_PRE
             Target(
                 name=name,
                 layer=layer,
-                component="text_encoder",
+                component=component,
                 block_index=-1,
                 layer_kind=layer_kind(layer) or "",
                 in_conv_block=False,
                 module_path=path,
+                role="text_encoder",
             ),
         )
     return list(targets.values())
 
 
-def all_targets(unet: nn.Module | None, text_encoder: nn.Module | None, include_conv_blocks: bool) -> list[Target]:
-    """Text-encoder targets first, then U-Net targets, each in module order."""
+def model_targets(
+    family: ModelFamily, components: Mapping[str, nn.Module | None], include_conv_blocks: bool
+) -> list[Target]:
+    """The adapter targets of a family's components, in the family's component order (text
+    encoders first), each in module order; components missing or ``None`` are skipped."""
     found: list[Target] = []
-    if text_encoder is not None:
-        found += text_encoder_targets(text_encoder)
-    if unet is not None:
-        found += unet_targets(unet, include_conv_blocks)
+    for part in family.components:
+        root = components.get(part.name)
+        if root is None:
+            continue
+        if part.role == "text_encoder":
+            found += text_encoder_targets(root, part.kohya_prefix, part.name)
+        else:
+            found += unet_targets(
+                root, include_conv_blocks, prefix=part.kohya_prefix, component=part.name, blocks=family.blocks
+            )
     return found

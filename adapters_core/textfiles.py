@@ -43,9 +43,9 @@ def read_toml(path: str | os.PathLike[str], where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
 
 
-def read_json(path: str | os.PathLike[str], where: str) -> Any:
+def read_json(path: str | os.PathLike[str], where: str, error: type[AdaptError] = ConfigError) -> Any:
     """A JSON file's value."""
     try:
-        return json.loads(read_text(path, where))
+        return json.loads(read_text(path, where, error))
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: not valid JSON: {exc}") from None
+        raise error(f"{where}: not valid JSON: {exc}") from None

@@ -114,10 +114,11 @@ def model_from_flags(model: Path, v2: bool, v_parameterization: bool, tokenizer:
     from adapters_core.devices import torch_device
     from adapters_core.formats import precision_dtype
     from adapters_core.models import load_sd_model
+    from adapters_core.plugins import get_registry
 
     return load_sd_model(
         model,
-        v2=True if v2 else None,
+        family=get_registry().family_for_v2_flag(v2),
         v_parameterization=True if v_parameterization else None,
         tokenizer_path=tokenizer,
         dtype=precision_dtype(dtype, "--dtype") or torch.float32,

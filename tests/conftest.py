@@ -14,25 +14,26 @@ from adapters_core import plugins  # noqa: E402
 
 @pytest.fixture
 def fake_entry_points(monkeypatch):
-    """Add entry points (``name -> "module:object"``) to the ``adapt.networks`` group for one test.
+    """Add entry points (``name -> "module:object"``) to the ``adapt.networks`` group (or
+    ``group``, e.g. ``adapt.models``) for one test.
 
     The extra entry points belong to a fake distribution ``adapt-test-plugins 9.9``.
     """
 
     real = plugins.entry_points
 
-    def install(extra: dict[str, str]):
+    def install(extra: dict[str, str], group: str = plugins.ENTRY_POINT_GROUP):
         class FakeDist:
             name = "adapt-test-plugins"
             version = "9.9"
 
         added = [
-            metadata.EntryPoint(name=name, value=value, group=plugins.ENTRY_POINT_GROUP)._for(FakeDist())
+            metadata.EntryPoint(name=name, value=value, group=group)._for(FakeDist())
             for name, value in extra.items()
         ]
 
         def fake(group: str):
-            return [*real(group=group), *added]
+            return [*real(group=group), *(ep for ep in added if ep.group == group)]
 
         monkeypatch.setattr(plugins, "entry_points", fake)
         plugins.reset_registry()

@@ -18,7 +18,7 @@ from adapters_core.formats import save_adapter
 from adapters_core.keys import ldm_unet_aliases
 from adapters_core.models import build_tiny_model, write_tiny_model
 from adapters_core.network import Network
-from adapters_core.targets import all_targets
+from adapters_core.targets import unet_targets
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_default_model_is_the_one_the_metadata_names(assets):
 
 def _ldm_named(assets) -> dict[str, torch.Tensor]:
     unet = assets.model.unet
-    standard_to_ldm = {v: k for k, v in ldm_unet_aliases(unet, all_targets(unet, None, True)).items()}
+    standard_to_ldm = {v: k for k, v in ldm_unet_aliases(unet, unet_targets(unet, True)).items()}
     renamed = {}
     for key, value in assets.tensors.items():
         module, _, suffix = key.partition(".")

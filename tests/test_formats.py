@@ -18,6 +18,7 @@ from adapters_core.keys import ldm_unet_aliases, normalize_module_name
 from adapters_core.metadata import modelspec_metadata, network_metadata
 from adapters_core.models import build_sd2_unet, build_sd15_unet, build_tiny_model
 from adapters_core.network import Network
+from adapters_core.plugins import get_registry
 from adapters_core.targets import unet_targets
 
 
@@ -26,8 +27,9 @@ def lora_file(tmp_path_factory):
     model = build_tiny_model()
     net = randomize(Network.create("c3lier", unet=model.unet, text_encoder=model.text_encoder, options={"network_dim": 4, "network_alpha": 2}))
     path = tmp_path_factory.mktemp("lora") / "a.safetensors"
-    meta = network_metadata(network_module="networks.lora", dim=4, alpha=2.0, network_args={"conv_dim": 4}, v2=False, v_parameterization=False)
-    meta.update(modelspec_metadata(v2=False, v_parameterization=False, title="a"))
+    sd1 = get_registry().family("sd1")
+    meta = network_metadata(network_module="networks.lora", dim=4, alpha=2.0, network_args={"conv_dim": 4}, family=sd1, v_parameterization=False)
+    meta.update(modelspec_metadata(family=sd1, v_parameterization=False, title="a"))
     net.save(path, metadata=meta)
     return path, net
 

@@ -34,10 +34,3 @@ def load_config(name: ConfigName, component: Component) -> dict[str, Any]:
     path = config_dir(name) / component / filename
     config: dict[str, Any] = json.loads(path.read_text())
     return config
-
-
-def config_name_for(v2: bool, v_parameterization: bool) -> ConfigName:
-    """The bundled SD config set for kohya's ``--v2`` / ``--v_parameterization`` flags."""
-    if not v2:
-        return "sd_v1"
-    return "sd_v2_v" if v_parameterization else "sd_v2"

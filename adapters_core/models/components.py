@@ -1,42 +1,69 @@
-"""The loaded parts of a Stable Diffusion model, as the rest of adapt sees them."""
+"""The loaded parts of a base model, as the rest of adapt sees them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL
+from torch import nn
 
+from adapters_core.family import ModelFamily
 from adapters_core.quiet import apply_library_verbosity
 
 apply_library_verbosity()  # the libraries log and draw bars only with --verbose
 
-BaseModelVersion = Literal["sd_v1", "sd_v2", "sd_v2_v"]
-
 
 @dataclass
 class SDModel:
-    """U-Net, text encoder, VAE and tokenizer of one SD 1.x/2.x model.
+    """The components, VAE and tokenizers of one Stable Diffusion model of some family.
 
-    ``noise_scheduler_config`` is a Diffusers scheduler config (``from_config`` of DDPM, DDIM,
-    Euler, ... accepts it); its ``prediction_type`` agrees with ``v_parameterization``.
-    ``tokenizer`` is ``None`` only when the caller loaded without one (merge/extract tools).
+    ``components`` holds the adaptable modules by the family's component names (``unet``,
+    ``text_encoder``, ``text_encoder_2`` ...); ``tokenizers`` one tokenizer per text encoder,
+    by the same names (``None`` when loaded without one: merge/extract tools).
+    ``noise_scheduler_config`` is a Diffusers scheduler config (``from_config`` of DDPM,
+    DDIM, Euler, ... accepts it); its ``prediction_type`` agrees with ``v_parameterization``.
     """
 
-    unet: UNet2DConditionModel
-    text_encoder: CLIPTextModel
+    family: ModelFamily
+    components: dict[str, nn.Module]
     vae: AutoencoderKL
-    tokenizer: CLIPTokenizer | None
+    tokenizers: dict[str, Any]
     noise_scheduler_config: dict[str, Any]
-    v2: bool
     v_parameterization: bool
     source: Path
 
     @property
-    def base_model_version(self) -> BaseModelVersion:
+    def unet(self) -> Any:
+        return self.components["unet"]
+
+    @property
+    def text_encoder(self) -> Any:
+        """The first text encoder (the family's first text-encoder component)."""
+        return self.components[self.text_encoder_names[0]]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The first text encoder's tokenizer."""
+        return self.tokenizers.get(self.text_encoder_names[0])
+
+    @property
+    def text_encoder_names(self) -> list[str]:
+        return [part.name for part in self.family.components if part.role == "text_encoder"]
+
+    def text_encoders(self) -> Iterator[tuple[str, nn.Module]]:
+        """Every text encoder, by component name, in the family's order."""
+        for name in self.text_encoder_names:
+            yield name, self.components[name]
+
+    def modules(self) -> Iterator[nn.Module]:
+        """Every module of the model: the components, then the VAE."""
+        yield from self.components.values()
+        yield self.vae
+
+    @property
+    def base_model_version(self) -> str:
         """kohya's ``ss_base_model_version`` value."""
-        if not self.v2:
-            return "sd_v1"
-        return "sd_v2_v" if self.v_parameterization else "sd_v2"
+        return self.family.base_model_version(self.v_parameterization)

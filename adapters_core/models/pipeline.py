@@ -1,4 +1,4 @@
-"""Diffusers pipelines and inference schedulers from an :class:`SDModel`."""
+"""Diffusers pipelines (the model family builds them) and inference schedulers from an :class:`SDModel`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from diffusers import (
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
-    StableDiffusionPipeline,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
@@ -60,22 +59,8 @@ def scheduler_for_saving(model: SDModel) -> SchedulerMixin:
     return scheduler
 
 
-def build_pipeline(model: SDModel, scheduler: SchedulerMixin) -> StableDiffusionPipeline:
-    """A pipeline around the model's modules (shared, not copied); the tokenizer may be None."""
-    return StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def to_pipeline(model: SDModel, scheduler_name: str = "ddim") -> StableDiffusionPipeline:
-    """A ready-to-run ``StableDiffusionPipeline`` (safety checker off) sharing the model's modules.
+def to_pipeline(model: SDModel, scheduler_name: str = "ddim") -> Any:
+    """A ready-to-run pipeline of the model's family (safety checker off) sharing its modules.
 
     Schedulers: ddim, pndm, euler, euler_a, dpmsolver++ (alias dpm), lms (needs scipy), ddpm, heun.
     """
@@ -86,6 +71,6 @@ def to_pipeline(model: SDModel, scheduler_name: str = "ddim") -> StableDiffusion
     scheduler = make_scheduler(
         model.noise_scheduler_config, scheduler_name, v_parameterization=model.v_parameterization
     )
-    pipe = build_pipeline(model, scheduler)
+    pipe = model.family.build_pipeline(model, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe

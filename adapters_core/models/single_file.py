@@ -23,12 +23,11 @@ from adapters_core.formats import (
 from adapters_core.models.components import SDModel
 from adapters_core.models.ldm_layout import (
     StateDict,
-    UNetLayout,
     text_encoder_to_ldm,
     unet_to_ldm,
     vae_to_ldm,
 )
-from adapters_core.models.pipeline import build_pipeline, scheduler_for_saving
+from adapters_core.models.pipeline import scheduler_for_saving
 
 SAFETENSORS_SUFFIXES = (SAFETENSORS_SUFFIX,)
 PathLike = str | os.PathLike[str]
@@ -72,15 +71,11 @@ def _tensors_of(obj: object, path: Path) -> StateDict:
 
 
 def model_to_ldm(model: SDModel | ComponentStateDicts, *, v2: bool | None = None) -> StateDict:
-    """The LDM-layout state dict of a model, or of a dict with ``unet``/``text_encoder``/``vae``
-    Diffusers state dicts (any subset). For a dict, ``v2`` defaults to whether the text
-    encoder's hidden size is 1024 (OpenCLIP ViT-H)."""
+    """The single-file state dict of a model (in its family's layout), or the LDM-layout one of
+    a dict with ``unet``/``text_encoder``/``vae`` Diffusers state dicts (any subset). For a
+    dict, ``v2`` (OpenCLIP layout) defaults to whether the text encoder's hidden size is 1024."""
     if isinstance(model, SDModel):
-        return {
-            **unet_to_ldm(model.unet.state_dict(), UNetLayout.from_config(model.unet.config)),
-            **text_encoder_to_ldm(model.text_encoder.state_dict(), v2=model.v2),
-            **vae_to_ldm(model.vae.state_dict()),
-        }
+        return model.family.checkpoint_state_dict(model)
     if not model or set(model) - {"unet", "text_encoder", "vae"}:
         raise FormatError(f"component state dicts {sorted(model)}: expected keys among unet, text_encoder, vae")
     out: StateDict = {}
@@ -178,13 +173,13 @@ def _fit_to_template(
 
 
 def save_diffusers(model: SDModel, folder: PathLike, *, overwrite: bool = False) -> Path:
-    """Write a Diffusers ``StableDiffusionPipeline`` folder (no safety checker), atomically.
+    """Write a Diffusers folder of the model family's pipeline (no safety checker), atomically.
 
     The scheduler saved is the class named in ``model.noise_scheduler_config`` (DDIM if none).
     """
     folder = Path(folder)
-    pipe = build_pipeline(model, scheduler_for_saving(model))
-    weights = sum(tensor_bytes(m.state_dict()) for m in (model.unet, model.text_encoder, model.vae))
+    pipe = model.family.build_pipeline(model, scheduler_for_saving(model))
+    weights = sum(tensor_bytes(m.state_dict()) for m in model.modules())
     with atomic_path(folder, overwrite, expected_bytes=weights) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     return folder

@@ -18,6 +18,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from adapters_core.models.bundled import TINY_TOKENIZER_DIR, ConfigName, config_dir, load_config
 from adapters_core.models.components import SDModel
+from adapters_core.plugins import get_registry
 
 Device = str | torch.device
 
@@ -31,12 +32,11 @@ def build_tiny_model(seed: int = 0) -> SDModel:
         text_encoder = CLIPTextModel(CLIPTextConfig(**load_config("tiny", "text_encoder")))
     tokenizer = CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIR, local_files_only=True)
     return SDModel(
-        unet=unet,
-        text_encoder=text_encoder,
+        family=get_registry().family("tiny"),
+        components={"text_encoder": text_encoder, "unet": unet},
         vae=vae,
-        tokenizer=tokenizer,
+        tokenizers={"text_encoder": tokenizer},
         noise_scheduler_config=load_config("tiny", "scheduler"),
-        v2=False,
         v_parameterization=False,
         source=config_dir("tiny"),
     )

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,11 +25,14 @@ from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError, U
 from adapters_core.features import refuse_features
 from adapters_core.keys import normalize_module_name
 from adapters_core.matching import detect_file_network, loadable_targets
-from adapters_core.metadata import flags_from_metadata
+from adapters_core.metadata import family_from_metadata
 from adapters_core.network import split_module_keys
 from adapters_core.ops.factors import factors_of
 from adapters_core.plugins import get_registry
 from adapters_core.progress import progress, progress_bar  # noqa: F401 (the ops import them from here)
+
+if TYPE_CHECKING:
+    from adapters_core.family import ModelFamily
 
 log = logging.getLogger("adapters_core.ops")
 
@@ -57,9 +60,9 @@ class Adapter:
         return self.metadata.get("modelspec.title") or self.path.stem
 
     @property
-    def flags(self) -> tuple[bool, bool]:
-        """``(v2, v_parameterization)`` recorded in the file (SD 1.x when absent)."""
-        return flags_from_metadata(self.metadata)
+    def base(self) -> tuple[ModelFamily, bool]:
+        """``(model family, v-prediction)`` recorded in the file (:func:`family_from_metadata`)."""
+        return family_from_metadata(self.metadata)
 
 
 def _refuse_unread_features(network: str, name: str, tensors: ModuleTensors, source: object) -> None:
@@ -165,22 +168,16 @@ def is_conv3x3(shape: Sequence[int]) -> bool:
 
 
 # -- layer shapes -------------------------------------------------------------------------
-def model_layer_shapes(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[str, torch.Size]:
+def model_layer_shapes(family: ModelFamily, components: Mapping[str, nn.Module | None]) -> dict[str, torch.Size]:
     """Weight shape of every layer a file may adapt, by kohya name (:func:`loadable_targets`)."""
-    return {t.name: layer_weight(t.layer).shape for t in loadable_targets(unet, text_encoder)}
+    return {t.name: layer_weight(t.layer).shape for t in loadable_targets(family, components)}
 
 
 @functools.cache
-def bundled_layer_shapes(name: str) -> dict[str, torch.Size]:
-    """Layer shapes of a bundled architecture (``sd_v1``, ``sd_v2``, ``tiny``), built on "meta"."""
-    from adapters_core import models  # imports diffusers: only when a shape is needed
-
-    if name == "tiny":
-        tiny = models.build_tiny_model()
-        return model_layer_shapes(tiny.unet, tiny.text_encoder)
-    if name == "sd_v2":
-        return model_layer_shapes(models.build_sd2_unet(), models.build_sd2_text_encoder())
-    return model_layer_shapes(models.build_sd15_unet(), models.build_sd15_text_encoder())
+def bundled_layer_shapes(family_name: str) -> dict[str, torch.Size]:
+    """Layer shapes of an installed family's bundled model, built on "meta"."""
+    family = get_registry().family(family_name)
+    return model_layer_shapes(family, family.build_components(device="meta"))
 
 
 def _given(table: ShapeTable) -> ShapeTable:
@@ -191,13 +188,13 @@ class LayerShapes:
     """Finds the weight shape of the layer a module adapts, without knowing the type.
 
     Factor-based modules tell it from their factors. Otherwise the candidates are the
-    given tables (a loaded model), then the bundled SD 1.x, SD 2.x and tiny architectures
-    (the one the file's metadata names first); the first shape the type's ``delta_weight``
-    accepts wins.
+    given tables (a loaded model), then the bundled model of every installed family (the
+    file's family first); the first shape the type's ``delta_weight`` accepts wins.
     """
 
-    def __init__(self, tables: Sequence[ShapeTable] = (), *, v2: bool = False) -> None:
-        bundled = ("sd_v2", "sd_v1", "tiny") if v2 else ("sd_v1", "sd_v2", "tiny")
+    def __init__(self, tables: Sequence[ShapeTable] = (), *, family: ModelFamily | None = None) -> None:
+        installed = list(get_registry().families)
+        bundled = ([family.name] if family is not None else []) + [n for n in installed if family is None or n != family.name]
         self._tables: list[Callable[[], ShapeTable]] = [functools.partial(_given, table) for table in tables]
         self._tables += [functools.partial(bundled_layer_shapes, name) for name in bundled]
 
@@ -217,6 +214,6 @@ class LayerShapes:
             if delta.shape == shape:
                 return delta, shape
         raise ShapeMismatchError(
-            f"{name}: cannot tell the weight shape of its layer (no SD 1.x/2.x or tiny-model layer of that "
-            f"name fits the tensors of type '{network}')"
+            f"{name}: cannot tell the weight shape of its layer (no layer of that name in the installed model "
+            f"families ({', '.join(get_registry().families)}) fits the tensors of type '{network}')"
         )

@@ -69,7 +69,7 @@ def split_dylora(
     paths = split_paths(save_to, ranks)
     for path in paths:
         check_writable(path, overwrite)
-    v2, v_parameterization = adapter.flags
+    family, v_parameterization = adapter.base
     with progress_bar(len(ranks) * len(factors), "splitting DyLoRA") as bar:
         for k, path in zip(ranks, paths, strict=True):
             outputs = {}
@@ -79,7 +79,7 @@ def split_dylora(
             metadata = adapter_metadata(
                 outputs,
                 adapter.network,
-                v2=v2,
+                family=family,
                 v_parameterization=v_parameterization,
                 title=path.stem,
                 base=adapter.metadata,

@@ -28,6 +28,7 @@ against the layer's difference.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +38,16 @@ from torch import nn
 from adapters_core.atomic import check_writable
 from adapters_core.choices import DEFAULT_SVD
 from adapters_core.errors import ConfigError, NonFiniteError, ShapeMismatchError
+from adapters_core.family import ModelFamily
 from adapters_core.formats import precision_dtype
 from adapters_core.linalg import SVD_METHODS
 from adapters_core.ops.deltas import extract_module, layer_weight, log, module_delta, progress
 from adapters_core.ops.fit import FitSummary, LayerFit, layer_fit
 from adapters_core.ops.outputs import ModuleOut, adapter_metadata, write_adapter
 from adapters_core.plugins import get_registry
-from adapters_core.targets import Target, all_targets
+from adapters_core.targets import Target, model_targets
 
+Components = Mapping[str, "nn.Module | None"]
 CLIP_BUDGET = 0.01  # the default clip may move a layer's fit by this share of the change's norm
 
 
@@ -58,12 +61,10 @@ class Extraction:
     fit: FitSummary
 
 
-def _pairs(
-    org: tuple[nn.Module | None, nn.Module | None], tuned: tuple[nn.Module | None, nn.Module | None], conv: bool
-) -> list[tuple[Target, Target]]:
-    tuned_targets = {t.name: t for t in all_targets(*tuned, include_conv_blocks=conv)}
+def _pairs(family: ModelFamily, org: Components, tuned: Components, conv: bool) -> list[tuple[Target, Target]]:
+    tuned_targets = {t.name: t for t in model_targets(family, tuned, include_conv_blocks=conv)}
     pairs = []
-    for target in all_targets(*org, include_conv_blocks=conv):
+    for target in model_targets(family, org, include_conv_blocks=conv):
         other = tuned_targets.get(target.name)
         org_shape = layer_weight(target.layer).shape
         if other is None or layer_weight(other.layer).shape != org_shape:
@@ -82,8 +83,9 @@ def _difference(org: Target, tuned: Target, device: torch.device) -> torch.Tenso
 
 
 def extract_modules(
-    org: tuple[nn.Module | None, nn.Module | None],
-    tuned: tuple[nn.Module | None, nn.Module | None],
+    family: ModelFamily,
+    org: Components,
+    tuned: Components,
     *,
     dim: int,
     conv_dim: int | None = None,
@@ -93,7 +95,7 @@ def extract_modules(
     min_diff: float = 0.01,
     device: str | torch.device = "cpu",
 ) -> Extraction:
-    """Extract modules from ``(unet, text_encoder)`` pairs of the original and tuned models.
+    """Extract modules from the components (by name) of the original and tuned models of ``family``.
 
     ``clamp_quantile=None`` clips outliers within :data:`CLIP_BUDGET`; a value below 1 is
     kohya's clamp; 1 clips nothing.
@@ -106,15 +108,15 @@ def extract_modules(
         raise ConfigError(f"--svd {svd}: expected one of {', '.join(SVD_METHODS)}")
     network = get_registry().get(network).name
     device = torch.device(device)
-    pairs = _pairs(org, tuned, bool(conv_dim))
-    te_pairs = [p for p in pairs if p[0].component == "text_encoder"]
+    pairs = _pairs(family, org, tuned, bool(conv_dim))
+    te_pairs = [p for p in pairs if p[0].is_text_encoder]
     max_diff = max((float(_difference(o, t, device).abs().max()) for o, t in te_pairs), default=0.0)
     include_te = max_diff > min_diff
     if te_pairs and not include_te:
         log.warning(
             "text encoder unchanged (max |diff| %.3g <= --min_diff %g): extracting the U-Net only", max_diff, min_diff
         )
-    selected = [p for p in pairs if include_te or p[0].component != "text_encoder"]
+    selected = [p for p in pairs if include_te or not p[0].is_text_encoder]
     options: dict[str, object] = {"svd": svd}
     if clamp_quantile is None:
         options["clip_budget"] = CLIP_BUDGET
@@ -146,7 +148,7 @@ def extract_from_models(
     dim: int = 4,
     conv_dim: int | None = None,
     network: str = "lora",
-    v2: bool | None = None,
+    family: str | None = None,
     v_parameterization: bool | None = None,
     svd: str = DEFAULT_SVD,
     clamp_quantile: float | None = None,
@@ -156,20 +158,25 @@ def extract_from_models(
     save_precision: str | None = None,
     overwrite: bool = False,
 ) -> tuple[Path, Extraction]:
-    """Load both checkpoints (Diffusers folders or single files), extract and write the adapter."""
+    """Load both checkpoints (Diffusers folders or single files of one family, detected; ``family``
+    if given must match), extract and write the adapter."""
     from adapters_core.models import load_sd_model  # imports diffusers
 
     check_writable(save_to, overwrite)
     network = get_registry().get(network).name
     load_dtype = precision_dtype(load_precision, "--load_precision") or torch.float32
     save_dtype = precision_dtype(save_precision)
-    org = load_sd_model(model_org, v2=v2, v_parameterization=v_parameterization, dtype=load_dtype, need_tokenizer=False)
+    org = load_sd_model(
+        model_org, family=family, v_parameterization=v_parameterization, dtype=load_dtype, need_tokenizer=False
+    )
     tuned = load_sd_model(
-        model_tuned, v2=org.v2, v_parameterization=org.v_parameterization, dtype=load_dtype, need_tokenizer=False
+        model_tuned, family=org.family, v_parameterization=org.v_parameterization, dtype=load_dtype,
+        need_tokenizer=False,
     )
     extraction = extract_modules(
-        (org.unet, org.text_encoder),
-        (tuned.unet, tuned.text_encoder),
+        org.family,
+        org.components,
+        tuned.components,
         dim=dim,
         conv_dim=conv_dim,
         network=network,
@@ -181,7 +188,7 @@ def extract_from_models(
     metadata = adapter_metadata(
         extraction.modules,
         network,
-        v2=org.v2,
+        family=org.family,
         v_parameterization=org.v_parameterization,
         title=Path(save_to).stem,
         comment=f"extracted from {Path(model_tuned).name} - {Path(model_org).name}",

@@ -87,7 +87,7 @@ def _base_model(metadata: dict[str, str]) -> str:
 def inspect_adapter(path: str | os.PathLike[str], *, norms: bool = True) -> AdapterReport:
     """Read an adapter file and describe it (``norms=False`` skips the deltas)."""
     adapter = read_adapter(path)
-    shapes = LayerShapes(v2=adapter.flags[0])
+    shapes = LayerShapes(family=adapter.base[0])
     modules: list[ModuleInfo] = []
     for name, tensors in progress(adapter.modules.items(), "inspecting", total=len(adapter.modules)):
         dim, alpha = dim_alpha(adapter.network, name, tensors)

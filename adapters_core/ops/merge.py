@@ -73,7 +73,7 @@ def merge_adapters(
         )
     if shuffle and not factor_mode:
         log.warning("--shuffle applies to factor-based types only; ignored for type '%s'", network)
-    shapes = LayerShapes(v2=adapters[0].flags[0])
+    shapes = LayerShapes(family=adapters[0].base[0])
     outputs: dict[str, ModuleOut] = {}
     for name in progress(union_names(adapters), "merging adapters"):
         terms = [(a, a.ratio(r, name), a.modules[name]) for a, r in zip(adapters, ratios, strict=True) if name in a.modules]
@@ -86,11 +86,11 @@ def merge_adapters(
             outputs[name] = ModuleOut(factor_tensors(up, down, alpha, factors[0].weight_shape), factors[0].weight_shape)
         else:
             outputs[name] = _concat_deltas(name, terms, network, shapes)
-    v2, v_parameterization = adapters[0].flags
+    family, v_parameterization = adapters[0].base
     metadata = adapter_metadata(
         outputs,
         network,
-        v2=v2,
+        family=family,
         v_parameterization=v_parameterization,
         title=Path(save_to).stem,
         merged_from=[a.title for a in adapters],

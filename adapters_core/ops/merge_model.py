@@ -27,9 +27,8 @@ from adapters_core.formats import precision_dtype
 from adapters_core.matching import UnmatchedKeysError, loadable_targets
 from adapters_core.metadata import modelspec_metadata
 from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progress_bar, read_adapters, resolve_ratios
-from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, open_checkpoint, reused_heap
+from adapters_core.ops.streaming import SafetensorsWriter, open_checkpoint, reused_heap
 from adapters_core.plugins import get_registry
-from adapters_core.targets import TEXT_ENCODER_PREFIX, UNET_PREFIX, kohya_name, text_encoder_module_path
 
 _MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping names
 
@@ -113,41 +112,6 @@ def check_coverage(
                 check_fits(adapter, name, layers[name], source)
 
 
-def ldm_module_names(reader: CheckpointReader, unet_config: Mapping[str, object], v2: bool) -> dict[str, list[str]]:
-    """LDM weight key -> the kohya module names it holds, in order along dim 0 (q, k, v for SD2's
-    fused ``in_proj_weight``). Keys of no adaptable layer are absent."""
-    from adapters_core.models.ldm_layout import (
-        TE_V1_PREFIX,
-        TE_V2_PREFIX,
-        UNetLayout,
-        text_encoder_from_ldm,
-    )
-    from adapters_core.models.ldm_layout import UNET_PREFIX as LDM_UNET
-
-    key_map = UNetLayout.from_config(unet_config).key_map()
-    names: dict[str, list[str]] = {}
-    for key in reader:
-        if key.startswith(LDM_UNET):
-            path = key_map.from_ldm(key[len(LDM_UNET) :])
-            if path and path.endswith(".weight"):
-                names[key] = [kohya_name(UNET_PREFIX, path[: -len(".weight")])]
-        elif key.startswith((TE_V1_PREFIX, TE_V2_PREFIX)):
-            try:
-                paths = text_encoder_from_ldm(
-                    {key: torch.empty(reader.shape(key), device="meta")}, v2=v2, num_layers=_MANY_LAYERS
-                )
-            except FormatError:
-                continue
-            found = [
-                kohya_name(TEXT_ENCODER_PREFIX, text_encoder_module_path(p[: -len(".weight")]))
-                for p in paths
-                if p.endswith(".weight")
-            ]
-            if found:
-                names[key] = found
-    return names
-
-
 def merge_into_model(
     sd_model: str | os.PathLike[str],
     models: Sequence[str | os.PathLike[str]],
@@ -156,7 +120,7 @@ def merge_into_model(
     save_to: str | os.PathLike[str],
     precision: str = "float",
     save_precision: str | None = None,
-    v2: bool | None = None,
+    family: str | None = None,
     v_parameterization: bool | None = None,
     overwrite: bool = False,
     allow_unmatched: bool = False,
@@ -164,8 +128,9 @@ def merge_into_model(
 ) -> Path:
     """Merge adapter files into the checkpoint ``sd_model`` and write ``save_to``.
 
-    ``save_to`` ending in ``.safetensors``/``.ckpt`` is a single file in the original (LDM)
-    layout, anything else a Diffusers folder. Returns the path written.
+    ``save_to`` ending in ``.safetensors``/``.ckpt`` is a single file in the model family's
+    original layout, anything else a Diffusers folder. The family is detected (``family``, if
+    given, must match). Returns the path written.
     """
     check_writable(save_to, overwrite)
     merge_dtype = precision_dtype(precision, "--precision") or torch.float32
@@ -179,11 +144,11 @@ def merge_into_model(
     with reused_heap():
         if source.is_file() and target.suffix.lower() in CHECKPOINT_OUTPUT_SUFFIXES:
             return _merge_streaming(
-                source, target, adapters, ratios, merge_dtype, save_dtype, v2, bool(v_parameterization), titles,
+                source, target, adapters, ratios, merge_dtype, save_dtype, family, bool(v_parameterization), titles,
                 overwrite, allow_unmatched,
             )
         return _merge_loaded(
-            source, target, adapters, ratios, merge_dtype, save_dtype, v2, v_parameterization, titles, overwrite,
+            source, target, adapters, ratios, merge_dtype, save_dtype, family, v_parameterization, titles, overwrite,
             allow_unmatched,
         )
 
@@ -215,24 +180,20 @@ def _merge_streaming(
     ratios: Sequence[float],
     merge_dtype: torch.dtype,
     save_dtype: torch.dtype,
-    v2: bool | None,
+    family: str | None,
     v_parameterization: bool,
     titles: list[str],
     overwrite: bool,
     allow_unmatched: bool,
 ) -> Path:
-    from adapters_core.models.bundled import load_config
-    from adapters_core.models.loader import detect_architecture
+    from adapters_core.models.loader import check_family, family_of_checkpoint
 
     reader = open_checkpoint(source)
     try:
-        architecture = detect_architecture(reader, source)
-        is_v2 = architecture == "sd_v2"
-        if v2 is not None and v2 != is_v2:
-            raise ModelLoadError(
-                f"{source}: --v2 {v2} was given but this is an SD {'2' if is_v2 else '1'}.x checkpoint"
-            )
-        names = ldm_module_names(reader, load_config(architecture, "unet"), is_v2)
+        shapes = {key: torch.empty(reader.shape(key), device="meta") for key in reader}
+        found = family_of_checkpoint(shapes, source)
+        check_family(source, family, found)
+        names = found.checkpoint_module_keys(shapes, v_parameterization)
         wanted = {name for adapter in adapters for name in adapter.modules}
         layers: dict[str, torch.Size] = {}
         for key, held in names.items():
@@ -241,7 +202,7 @@ def _merge_streaming(
                 layers[name] = torch.Size((shape[0] // len(held), *shape[1:]))
         check_coverage(adapters, layers, source, allow_unmatched)
         metadata = modelspec_metadata(
-            v2=is_v2, v_parameterization=v_parameterization, title=target.stem, kind="", merged_from=titles
+            family=found, v_parameterization=v_parameterization, title=target.stem, kind="", merged_from=titles
         )
 
         def merged(key: str) -> torch.Tensor:
@@ -282,7 +243,7 @@ def _merge_loaded(
     ratios: Sequence[float],
     merge_dtype: torch.dtype,
     save_dtype: torch.dtype,
-    v2: bool | None,
+    family: str | None,
     v_parameterization: bool | None,
     titles: list[str],
     overwrite: bool,
@@ -290,8 +251,10 @@ def _merge_loaded(
 ) -> Path:
     from adapters_core.models import load_sd_model, save_diffusers, save_single_file
 
-    model = load_sd_model(source, v2=v2, v_parameterization=v_parameterization, dtype=merge_dtype, need_tokenizer=False)
-    targets = {t.name: t.layer for t in loadable_targets(model.unet, model.text_encoder)}
+    model = load_sd_model(
+        source, family=family, v_parameterization=v_parameterization, dtype=merge_dtype, need_tokenizer=False
+    )
+    targets = {t.name: t.layer for t in loadable_targets(model.family, model.components)}
     check_coverage(adapters, {name: layer_weight(layer).shape for name, layer in targets.items()}, source, allow_unmatched)
     jobs = [(a, r, name) for a, r in zip(adapters, ratios, strict=True) for name in a.modules if name in targets]
     with torch.no_grad(), progress_bar(len(jobs), "merging") as bar:
@@ -303,13 +266,14 @@ def _merge_loaded(
             bar.update()
     if target.suffix.lower() in CHECKPOINT_OUTPUT_SUFFIXES:
         metadata = modelspec_metadata(
-            v2=model.v2, v_parameterization=model.v_parameterization, title=target.stem, kind="", merged_from=titles
+            family=model.family, v_parameterization=model.v_parameterization, title=target.stem, kind="",
+            merged_from=titles,
         )
         template = source if source.is_file() else None
         return save_single_file(
             model, target, dtype=save_dtype, template=template, overwrite=overwrite, metadata=metadata
         )
-    for module in (model.unet, model.text_encoder, model.vae):
+    for module in model.modules():
         if module.dtype != save_dtype:
             module.to(save_dtype)
     if model.tokenizer is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from adapters_core.family import ModelFamily
 from adapters_core.formats import save_adapter
 from adapters_core.metadata import modelspec_metadata, network_metadata
 from adapters_core.ops.deltas import ModuleTensors, dim_alpha, is_conv3x3
@@ -74,7 +75,7 @@ def adapter_metadata(
     outputs: Mapping[str, ModuleOut],
     network: str,
     *,
-    v2: bool,
+    family: ModelFamily,
     v_parameterization: bool,
     title: str,
     base: Mapping[str, str] | None = None,
@@ -93,11 +94,13 @@ def adapter_metadata(
             dim=summary["dim"] if summary["dim"] is not None else summary["conv_dim"],
             alpha=summary["alpha"] if summary["alpha"] is not None else summary["conv_alpha"],
             network_args=_network_args(base, summary) or None,
-            v2=v2,
+            family=family,
             v_parameterization=v_parameterization,
         )
     )
-    meta.update(modelspec_metadata(v2=v2, v_parameterization=v_parameterization, title=title, merged_from=merged_from))
+    meta.update(
+        modelspec_metadata(family=family, v_parameterization=v_parameterization, title=title, merged_from=merged_from)
+    )
     if comment:
         meta["ss_training_comment"] = comment
     return meta

@@ -117,7 +117,7 @@ def resize_adapter(
     dtype = precision_dtype(save_precision)
     adapter = read_adapter(model)
     network = adapter.network
-    shapes = LayerShapes(v2=adapter.flags[0])
+    shapes = LayerShapes(family=adapter.base[0])
     outputs: dict[str, ModuleOut] = {}
     report: list[ModuleResize] = []
     for name, tensors in progress(adapter.modules.items(), "resizing", total=len(adapter.modules)):
@@ -136,11 +136,11 @@ def resize_adapter(
     else:
         conv = f" (conv: {new_conv_rank})" if new_conv_rank else ""
         comment = f"dimension is resized from {old} to {new_rank}{conv}; {old_comment}"
-    v2, v_parameterization = adapter.flags
+    family, v_parameterization = adapter.base
     metadata = adapter_metadata(
         outputs,
         network,
-        v2=v2,
+        family=family,
         v_parameterization=v_parameterization,
         title=Path(save_to).stem,
         base=adapter.metadata,

@@ -73,7 +73,7 @@ def svd_merge(
     adapters = read_adapters(models, block_weights)
     ratios = resolve_ratios(len(adapters), ratios)
     network = adapters[0].network
-    shapes = LayerShapes(v2=adapters[0].flags[0])
+    shapes = LayerShapes(family=adapters[0].base[0])
     names = union_names(adapters)
     _check_all_layers(adapters, names)
     outputs: dict[str, ModuleOut] = {}
@@ -83,11 +83,11 @@ def svd_merge(
         outputs[name] = factored or _from_deltas(
             name, terms, network, shapes, torch.device(device), new_rank, new_conv_rank, clamp_quantile
         )
-    v2, v_parameterization = adapters[0].flags
+    family, v_parameterization = adapters[0].base
     metadata = adapter_metadata(
         outputs,
         network,
-        v2=v2,
+        family=family,
         v_parameterization=v_parameterization,
         title=Path(save_to).stem,
         merged_from=[a.title for a in adapters],

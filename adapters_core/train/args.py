@@ -293,6 +293,12 @@ class TrainArgs:
     def train_unet(self) -> bool:
         return not self.network_train_text_encoder_only
 
+    def model_family(self) -> str | None:
+        """The model family ``--v2`` asks for (``None``: detected from the model)."""
+        from adapters_core.plugins import get_registry
+
+        return get_registry().family_for_v2_flag(self.v2)
+
     def first_text_encoder_lr(self) -> float | None:
         return self.text_encoder_lr[0] if self.text_encoder_lr else None
 

@@ -77,29 +77,31 @@ def load_base_model(args: TrainArgs, device: torch.device) -> SDModel:
     weight_dtype = WEIGHT_DTYPES[args.mixed_precision]
     model = load_sd_model(
         args.pretrained_model_name_or_path,  # type: ignore[arg-type]
-        v2=True if args.v2 else None,
+        family=args.model_family(),
         v_parameterization=True if args.v_parameterization else None,
         dtype=torch.float32,
         tokenizer_path=args.tokenizer,
     )
-    if model.v2 and not args.v2:
-        log.info("%s is an SD 2.x model; training as with --v2", args.pretrained_model_name_or_path)
+    if model.family.kohya_v2 and not args.v2:
+        log.info("%s is an %s model; training as with --v2", args.pretrained_model_name_or_path, model.family.description)
     if model.v_parameterization and not args.v_parameterization:
         log.info("the model's scheduler predicts v; training with v-prediction targets")
     for index, path in enumerate(args.base_weights):
         multiplier = args.base_weights_multiplier[index] if index < len(args.base_weights_multiplier) else 1.0
-        Network.from_file(path, unet=model.unet, text_encoder=model.text_encoder, multiplier=multiplier).merge_to()
+        Network.from_file(path, model=model, multiplier=multiplier).merge_to()
         log.info("merged base weights %s (multiplier %s)", path, multiplier)
-    for module in (model.unet, model.text_encoder, model.vae):
+    for module in model.modules():
         module.requires_grad_(False)
     model.unet.to(device, weight_dtype)
-    model.text_encoder.to(device, weight_dtype if device.type != "cpu" else torch.float32)
+    for _, text_encoder in model.text_encoders():
+        text_encoder.to(device, weight_dtype if device.type != "cpu" else torch.float32)
     model.vae.to(device, torch.float32 if args.no_half_vae else weight_dtype)
     set_attention(model, args)
     if args.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
-            model.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            for _, text_encoder in model.text_encoders():
+                text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
@@ -118,10 +120,14 @@ def network_options(args: TrainArgs, network_type: NetworkType) -> tuple[dict[st
 
 
 def create_network(args: TrainArgs, model: SDModel, network_type: NetworkType, options: dict[str, Any]) -> Network:
-    """The trained network on the U-Net and/or text encoder (per --network_train_*_only),
+    """The trained network on the U-Net and/or text encoders (per --network_train_*_only),
     from scratch or shaped by --network_weights (--dim_from_weights); applied and in fp32."""
-    unet = model.unet if args.train_unet else None
-    text_encoder = model.text_encoder if args.train_text_encoder else None
+    trained = {
+        part.name: model.components[part.name]
+        for part in model.family.components
+        if (args.train_text_encoder if part.role == "text_encoder" else args.train_unet)
+    }
+    partial = len(trained) < len(model.components)
     if args.dim_from_weights:
         if set(options) - {"network_dim", "network_alpha"}:
             # Network.from_weights takes no options yet: dropouts and type options keep their defaults.
@@ -131,11 +137,10 @@ def create_network(args: TrainArgs, model: SDModel, network_type: NetworkType, o
             )
         path = str(args.network_weights)
         network = Network.from_file(  # the modules of a side not trained have no layer here
-            path, unet=unet, text_encoder=text_encoder, network=network_type.name,
-            allow_unmatched=unet is None or text_encoder is None,
+            path, family=model.family, components=trained, network=network_type.name, allow_unmatched=partial,
         )
     else:
-        network = Network.create(network_type.name, unet=unet, text_encoder=text_encoder, options=options)
+        network = Network.create(network_type.name, family=model.family, components=trained, options=options)
         if args.network_weights:
             load_network_weights(network, args.network_weights, model)
     if not any(True for _ in network.adapter_modules()):
@@ -148,9 +153,7 @@ def create_network(args: TrainArgs, model: SDModel, network_type: NetworkType, o
 def load_network_weights(network: Network, path: str, model: SDModel) -> None:
     """--network_weights: copy a file's tensors into the new network. Shapes must match
     (ShapeMismatchError names the module); modules on only one side are reported, not fatal."""
-    loaded = Network.from_file(
-        path, unet=model.unet, text_encoder=model.text_encoder, network=network.network_type.name
-    )
+    loaded = Network.from_file(path, model=model, network=network.network_type.name)
     own, theirs = dict(network.adapter_modules()), dict(loaded.adapter_modules())
     for name in own.keys() & theirs.keys():
         load_module_tensors(own[name], f"{path}: {name}", loaded.module_tensors(name))

@@ -12,7 +12,6 @@ import torch
 
 from adapters_core.models import SDModel
 from adapters_core.train import noise as N
-from adapters_core.train import text
 from adapters_core.train.dataset import ImageDataset
 
 DEFAULT_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -23,7 +22,6 @@ def denoising_loss(
     model: SDModel, dataset: ImageDataset, *, seed: int = 0, timesteps: Sequence[int] = DEFAULT_TIMESTEPS
 ) -> float:
     """Mean epsilon-MSE of the U-Net over the dataset's images x ``timesteps``."""
-    assert model.tokenizer is not None
     scheduler = N.make_noise_scheduler()
     scale = float(getattr(model.vae.config, "scaling_factor", 0.18215))
     generator = torch.Generator().manual_seed(seed)
@@ -36,11 +34,15 @@ def denoising_loss(
         seen.add(record.path)
         pixels = dataset.pixels(record.path, record.bucket_reso).unsqueeze(0).to(device, model.vae.dtype)
         latents = model.vae.encode(pixels).latent_dist.mode().float() * scale
-        cond = text.encode(model.text_encoder, text.tokenize(model.tokenizer, [record.caption]))
+        outputs = model.family.encode_text(
+            model.components, model.tokenizers, [record.caption], max_token_length=None, clip_skip=None
+        )
+        cond = model.family.unet_conditioning(outputs, {"captions": [record.caption]})
+        cond = {name: value.to(model.unet.dtype) for name, value in cond.items()}
         for t in timesteps:
             noise = torch.randn(latents.shape, generator=generator).to(device)
             step = torch.tensor([t], device=device)
             noisy = N.add_noise(scheduler.alphas_cumprod, latents, noise, step)
-            prediction = model.unet(noisy.to(model.unet.dtype), step, cond.to(model.unet.dtype)).sample
+            prediction = model.unet(noisy.to(model.unet.dtype), step, **cond).sample
             losses.append(torch.mean((prediction.float() - noise) ** 2).item())
     return sum(losses) / len(losses)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from adapters_core.errors import ConfigError, TrainingDivergedError
 from adapters_core.formats import precision_dtype
 from adapters_core.progress import progress_bar
-from adapters_core.train import components, sampling, text
+from adapters_core.train import components, sampling
 from adapters_core.train import step as step_module  # the check forward is not a training step
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.checkpoints import Checkpoints
@@ -33,6 +33,7 @@ from adapters_core.train.interrupt import GracefulInterrupt
 from adapters_core.train.latent_cache import LatentCache
 from adapters_core.train.noise import make_noise_scheduler
 from adapters_core.train.optimizers import build_optimizer, parse_optimizer_args, resolve_optimizer_name
+from adapters_core.train.param_groups import optimizer_param_groups
 from adapters_core.train.progress import LossRecorder, lr_logs, seed_step
 from adapters_core.train.report import TrainingReport
 from adapters_core.train.runtime import EpochSyncDataset, make_accelerator, make_loader, resolved_seed
@@ -148,7 +149,7 @@ class Trainer:
     def _prepare_model(self) -> None:
         args, acc = self.args, self.accelerator
         self.model = components.load_base_model(args, acc.device)
-        text.check_clip_skip(self.model.text_encoder, args.clip_skip)
+        self.model.family.check_clip_skip(self.model.components, args.clip_skip)
         if self.cache is not None:
             self.cache.fill(
                 self.dataset,
@@ -161,9 +162,10 @@ class Trainer:
             )
         options, self.raw_network_args = components.network_options(args, self.network_type)
         self.network = components.create_network(args, self.model, self.network_type, options)
-        self.model.text_encoder.train(args.gradient_checkpointing and args.train_text_encoder)
-        groups, self.lr_descriptions = self.network.prepare_optimizer_params(
-            args.first_text_encoder_lr(), args.unet_lr, args.learning_rate
+        for _, text_encoder in self.model.text_encoders():
+            text_encoder.train(args.gradient_checkpointing and args.train_text_encoder)
+        groups, self.lr_descriptions = optimizer_param_groups(
+            self.network, args.first_text_encoder_lr(), args.unet_lr, args.learning_rate
         )
         choice = build_optimizer(self.optimizer_name, groups, args.learning_rate, self.optimizer_args)
         self.optimizer_description = choice.description
@@ -207,7 +209,7 @@ class Trainer:
         fingerprint = ""
         if cache.to_disk:
             fingerprint = encoder_fingerprint(
-                model.text_encoder,
+                [encoder for _, encoder in model.text_encoders()],
                 clip_skip=args.clip_skip,
                 max_token_length=args.max_token_length,
                 mixed_precision=args.mixed_precision,
@@ -222,7 +224,8 @@ class Trainer:
         )
         self.step_context.text_cache = cache
         if not self.prompts:
-            model.text_encoder.to("meta")  # frees its weights; nothing runs it again
+            for _, text_encoder in model.text_encoders():
+                text_encoder.to("meta")  # frees its weights; nothing runs it again
 
     def _prepare_output(self) -> None:
         args, acc = self.args, self.accelerator
@@ -239,12 +242,13 @@ class Trainer:
             max_train_steps=args.max_train_steps,
             lr_warmup_steps=args.lr_warmup_steps,
             lr_scheduler=self.lr_scheduler_name,
-            v2=self.model.v2,
+            family=self.model.family,
             v_parameterization=self.model.v_parameterization,
             dataset=dataset_md,
         )
         modelspec = modelspec_for(
-            args, v2=self.model.v2, v_parameterization=self.model.v_parameterization, started_at=self.started_at
+            args, family=self.model.family, v_parameterization=self.model.v_parameterization,
+            started_at=self.started_at,
         )
         writer = AdapterWriter(metadata, modelspec, args.no_metadata, self.save_dtype, args.overwrite)
         self.checkpoints = Checkpoints(

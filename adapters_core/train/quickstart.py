@@ -140,7 +140,7 @@ def _run(work: Path, steps: int, seed: int, overwrite: bool, show_progress: bool
     model = load_sd_model(work / "model")
     dataset = build_dataset(args, None)
     before = denoising_loss(model, dataset, seed=seed)
-    network = Network.from_file(result.output, unet=model.unet, text_encoder=model.text_encoder).apply()
+    network = Network.from_file(result.output, model=model).apply()
     after = denoising_loss(model, dataset, seed=seed)
     network.remove()
     checkpoints = sorted(p for p in result.files if p.suffix == ".safetensors" and p != result.output)

@@ -21,10 +21,10 @@ import torch
 
 from adapters_core.atomic import atomic_path
 from adapters_core.errors import ConfigError
+from adapters_core.generate import prompt_conditioning
 from adapters_core.models import SDModel, to_pipeline
 from adapters_core.models.pipeline import SCHEDULERS
 from adapters_core.textfiles import read_json, read_text, read_toml
-from adapters_core.train import text
 
 log = logging.getLogger(__name__)
 
@@ -161,18 +161,18 @@ def generate_samples(
     autocast: Any,
 ) -> list[Path]:
     """Generate one PNG per prompt with the model as it is now (the network applied)."""
-    assert model.tokenizer is not None
     written = []
     for prompt in prompts:
         pipe = to_pipeline(model, prompt.sampler or default_sampler)
-        ids = text.tokenize(model.tokenizer, [prompt.prompt, prompt.negative_prompt or ""], max_token_length)
-        embeds = text.encode(model.text_encoder, ids, clip_skip).to(model.unet.dtype)
+        conditioning = prompt_conditioning(
+            model.family, model.components, model.tokenizers, prompt.prompt, prompt.negative_prompt or "",
+            clip_skip=clip_skip, max_token_length=max_token_length, dtype=model.unet.dtype,
+        )
         seed = prompt.seed if prompt.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         generator = torch.Generator(device=device).manual_seed(seed)
         with autocast():
             image = pipe(
-                prompt_embeds=embeds[:1],
-                negative_prompt_embeds=embeds[1:],
+                **conditioning,
                 height=prompt.height,
                 width=prompt.width,
                 num_inference_steps=prompt.steps,

@@ -21,6 +21,7 @@ import torch
 
 from adapters_core import __version__
 from adapters_core.atomic import check_writable
+from adapters_core.family import ModelFamily
 from adapters_core.formats import file_hashes
 from adapters_core.metadata import modelspec_metadata, network_metadata
 from adapters_core.network import Network
@@ -133,7 +134,7 @@ def training_metadata(
     max_train_steps: int,
     lr_warmup_steps: Any,
     lr_scheduler: str,
-    v2: bool,
+    family: ModelFamily,
     v_parameterization: bool,
     dataset: Mapping[str, str],
 ) -> dict[str, str]:
@@ -201,7 +202,7 @@ def training_metadata(
             dim=args.network_dim,
             alpha=args.network_alpha,
             network_args=network_args or None,
-            v2=v2,
+            family=family,
             v_parameterization=v_parameterization,
         )
     )
@@ -220,14 +221,16 @@ MINIMUM_KEYS = (
 )
 
 
-def modelspec_for(args: TrainArgs, *, v2: bool, v_parameterization: bool, started_at: float) -> dict[str, str]:
+def modelspec_for(
+    args: TrainArgs, *, family: ModelFamily, v_parameterization: bool, started_at: float
+) -> dict[str, str]:
     """``modelspec.*`` keys for the trained adapter (title, resolution, author ... from the flags)."""
     resolution = None
     if args.resolution:
         parts = [p.strip() for p in args.resolution.split(",")]
         resolution = f"{parts[0]}x{parts[-1]}"
     meta = modelspec_metadata(
-        v2=v2,
+        family=family,
         v_parameterization=v_parameterization,
         title=args.metadata_title or args.output_name,
         resolution=resolution,

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 
+from adapters_core.family import TextOutputs
 from adapters_core.models import SDModel
 from adapters_core.train import loss as L
 from adapters_core.train import noise as N
-from adapters_core.train import text
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.text_cache import TextEncoderCache
 
@@ -50,26 +50,29 @@ def batch_latents(ctx: StepContext, batch: dict[str, Any]) -> torch.Tensor:
         return torch.nan_to_num(latents, 0.0) * ctx.latent_scale
 
 
-def encode_captions(ctx: StepContext, captions: list[str]) -> text.TextOutputs:
-    """Run the text encoder on the captions, with gradient only when it trains."""
-    assert ctx.model.tokenizer is not None
+def encode_captions(ctx: StepContext, captions: list[str]) -> TextOutputs:
+    """Run the text encoders on the captions (as the model's family encodes prompts), with
+    gradient only when they train."""
+    model = ctx.model
     with torch.set_grad_enabled(ctx.train_text_encoder), ctx.autocast():
-        return text.encode_captions(
-            ctx.model.tokenizer,
-            ctx.model.text_encoder,
+        return model.family.encode_text(
+            model.components,
+            model.tokenizers,
             captions,
             max_token_length=ctx.args.max_token_length,
             clip_skip=ctx.args.clip_skip,
         )
 
 
-def conditioning(ctx: StepContext, captions: list[str]) -> torch.Tensor:
-    """The U-Net's text conditioning: from the text cache when there is one, else encoded now."""
+def conditioning(ctx: StepContext, batch: dict[str, Any]) -> dict[str, Any]:
+    """The U-Net call's conditioning arguments (the family builds them from the encoded
+    captions, from the text cache when there is one, and the batch)."""
+    captions = batch["captions"]
     if ctx.text_cache is not None:
         outputs = ctx.text_cache.lookup(captions, ctx.device)
     else:
         outputs = encode_captions(ctx, captions)
-    return outputs[text.HIDDEN_STATE]
+    return ctx.model.family.unet_conditioning(outputs, batch)
 
 
 def training_noise(args: TrainArgs, latents: torch.Tensor) -> torch.Tensor:
@@ -88,7 +91,7 @@ def compute_loss(ctx: StepContext, batch: dict[str, Any]) -> torch.Tensor:
     """The batch's weighted loss (a scalar, float32)."""
     args, scheduler = ctx.args, ctx.scheduler
     latents = batch_latents(ctx, batch)
-    cond = conditioning(ctx, batch["captions"])
+    cond = conditioning(ctx, batch)
     noise = training_noise(args, latents)
     num_timesteps = scheduler.config.num_train_timesteps
     timesteps = N.sample_timesteps(
@@ -105,7 +108,7 @@ def compute_loss(ctx: StepContext, batch: dict[str, Any]) -> torch.Tensor:
         model_input_noise = noise + gamma * torch.randn_like(latents)
     noisy = N.add_noise(scheduler.alphas_cumprod, latents, model_input_noise, timesteps)
     with ctx.autocast():
-        prediction = ctx.model.unet(noisy.to(ctx.model.unet.dtype), timesteps, cond).sample
+        prediction = ctx.model.unet(noisy.to(ctx.model.unet.dtype), timesteps, **cond).sample
     if ctx.model.v_parameterization:
         target = N.velocity(scheduler.alphas_cumprod, latents, noise, timesteps)
     else:

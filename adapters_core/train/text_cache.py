@@ -2,7 +2,7 @@
 distinct caption once, before training, when the text encoder does not train.
 
 The cache maps a processed caption (prefix, suffix, keep-tokens separators already applied) to
-whatever the model's caption encoding returns (:data:`text.TextOutputs`, named tensors: one
+whatever the model's caption encoding returns (:data:`adapters_core.family.TextOutputs`, named tensors: one
 hidden state for SD 1.x/2.x, more for a family with several encoders). Steps then look the
 outputs up instead of running the encoder, and the encoder's weights can leave memory.
 
@@ -27,7 +27,7 @@ import json
 import logging
 import random
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from adapters_core.atomic import atomic_path
 from adapters_core.errors import ConfigError
+from adapters_core.family import TextOutputs
 from adapters_core.train.dataset import DatasetGroupConfig, ImageDataset, process_caption
-from adapters_core.train.text import TextOutputs
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,14 @@ def fixed_captions(dataset: ImageDataset) -> dict[Path, str]:
     }
 
 
-def encoder_fingerprint(text_encoder: torch.nn.Module, **settings: object) -> str:
-    """SHA-256 of the encoder's weights (names, dtypes, shapes, bytes) and the encoding settings."""
+def encoder_fingerprint(text_encoders: Sequence[torch.nn.Module], **settings: object) -> str:
+    """SHA-256 of the encoders' weights (names, dtypes, shapes, bytes) and the encoding settings."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for name, tensor in sorted(text_encoder.state_dict().items()):
-        data = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy())
+    for text_encoder in text_encoders:
+        for name, tensor in sorted(text_encoder.state_dict().items()):
+            data = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 

@@ -119,6 +119,7 @@ def extract(
     refuse_existing(save_to, overwrite)
     from adapters_core.devices import torch_device
     from adapters_core.ops.extract import extract_from_models
+    from adapters_core.plugins import get_registry
 
     path, extraction = extract_from_models(
         model_org,
@@ -127,7 +128,7 @@ def extract(
         dim=dim,
         conv_dim=conv_dim,
         network=network,
-        v2=v2,
+        family=get_registry().family_for_v2_flag(v2),
         v_parameterization=v_parameterization,
         svd=svd,
         clamp_quantile=clamp_quantile,

@@ -92,6 +92,7 @@ def merge(
     refuse_existing(save_to, overwrite)
     if sd_model is not None:
         from adapters_core.ops.merge_model import merge_into_model
+        from adapters_core.plugins import get_registry
 
         path = merge_into_model(
             sd_model,
@@ -100,7 +101,7 @@ def merge(
             save_to=save_to,
             precision=precision,
             save_precision=save_precision,
-            v2=v2,
+            family=get_registry().family_for_v2_flag(v2),
             v_parameterization=v_parameterization,
             overwrite=overwrite,
             allow_unmatched=allow_unmatched,

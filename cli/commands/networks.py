@@ -1,4 +1,4 @@
-"""``adapt networks``: the installed adapter types, their distributions and options."""
+"""``adapt networks``: the installed adapter types and model families, their distributions and options."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import click
 
 @click.command("networks")
 def networks() -> None:
-    """List installed network types with distribution, version and --network_args options."""
+    """List installed network types (with distribution, version and --network_args options) and
+    model families (with their components and kohya prefixes)."""
     from adapters_core.options import COMMON_OPTIONS
     from adapters_core.plugins import get_registry
 
@@ -24,3 +25,10 @@ def networks() -> None:
     click.echo("\ncommon options of every type (--network_args key=value):")
     for option in COMMON_OPTIONS:
         click.echo(f"    {option.name}: {option.help}")
+    click.echo("\nmodel families (detected from the model; --v2 asks for SD 2.x):")
+    for name, family in registry.families.items():
+        origin = registry.family_origins[name]
+        click.echo(f"{name}  [{origin.distribution} {origin.version}]")
+        click.echo(f"    {family.description}; {family.blocks.count} U-Net blocks")
+        parts = ", ".join(f"{part.name} ({part.kohya_prefix}_)" for part in family.components)
+        click.echo(f"    components: {parts}")

@@ -10,9 +10,9 @@ import huggingface_hub.constants
 import pytest
 import torch
 
+from adapt_sd.detection import detect_architecture
 from adapters_core.errors import ModelLoadError
 from adapters_core.models import SDModel, load_sd_model, save_single_file
-from adapters_core.models.loader import detect_architecture
 
 SameState = Callable[[torch.nn.Module, torch.nn.Module], None]
 
@@ -31,7 +31,7 @@ def _outputs(model: SDModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def test_diffusers_and_single_file_give_identical_outputs(tiny_files: dict[str, Path], tiny: SDModel) -> None:
     from_folder = load_sd_model(tiny_files["diffusers"])
     from_file = load_sd_model(tiny_files["single"])
-    assert from_folder.v2 is from_file.v2 is False
+    assert from_folder.family.name == from_file.family.name == "tiny"
     assert from_folder.noise_scheduler_config["prediction_type"] == "epsilon"
     reference = _outputs(tiny)
     for model in (from_folder, from_file):
@@ -64,8 +64,8 @@ def test_dtype_device_and_flags(tiny_files: dict[str, Path]) -> None:
 
 def test_v2_flag_that_contradicts_the_file(tiny_files: dict[str, Path]) -> None:
     for path in tiny_files.values():
-        with pytest.raises(ModelLoadError, match="v2=True was given but this is an SD 1.x model"):
-            load_sd_model(path, v2=True)
+        with pytest.raises(ModelLoadError, match="model family sd2 was given but this is a tiny model"):
+            load_sd_model(path, family="sd2")
 
 
 def test_missing_path_and_non_model_folder(tmp_path: Path) -> None:

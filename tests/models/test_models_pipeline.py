@@ -56,6 +56,6 @@ def test_saved_folder_loads_in_diffusers(tiny: SDModel, tmp_path: Path) -> None:
 
 def test_pipeline_needs_a_tokenizer(tiny_files: dict[str, Path]) -> None:
     model = load_sd_model(tiny_files["single"])
-    model.tokenizer = None
+    model.tokenizers["text_encoder"] = None
     with pytest.raises(ModelLoadError, match="loaded without a tokenizer"):
         to_pipeline(model)

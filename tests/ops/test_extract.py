@@ -305,4 +305,4 @@ def test_non_finite_weights_are_refused_naming_the_layer(tiny: TinyFiles) -> Non
     with torch.no_grad():
         target.layer.weight[0, 0, 1, 1] = float("nan")
     with pytest.raises(NonFiniteError, match=f"^{CONV}: the weights differ by NaN or infinite values"):
-        extract_modules((tiny.model.unet, tiny.model.text_encoder), (tuned.unet, tuned.text_encoder), dim=2, conv_dim=2)
+        extract_modules(tuned.family, tiny.model.components, tuned.components, dim=2, conv_dim=2)

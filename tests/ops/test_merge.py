@@ -26,12 +26,12 @@ from tool_support import (  # noqa: F401 - fixtures
 )
 
 from adapt_cli.options import expand_multi_value
+from adapt_sd.loading import ldm_module_names
 from adapters_core.models import build_tiny_model, load_sd_model, to_pipeline
 from adapters_core.models.ldm_layout import TE_V2_PREFIX
 from adapters_core.ops.deltas import read_adapter
 from adapters_core.ops.merge import merge_adapters
-from adapters_core.ops.merge_model import ldm_module_names, merge_into_model
-from adapters_core.ops.streaming import TensorDictReader
+from adapters_core.ops.merge_model import merge_into_model
 
 
 def expected_weights(
@@ -221,18 +221,16 @@ def test_multi_value_flags_and_negative_ratios() -> None:
 
 def test_sd2_fused_in_proj_maps_to_q_k_v() -> None:
     key = f"{TE_V2_PREFIX}transformer.resblocks.3.attn.in_proj_weight"
-    reader = TensorDictReader(
-        {key: torch.zeros(96, 32), f"{TE_V2_PREFIX}transformer.resblocks.3.mlp.c_fc.weight": torch.zeros(8, 32)}
-    )
+    shapes = {key: torch.zeros(96, 32), f"{TE_V2_PREFIX}transformer.resblocks.3.mlp.c_fc.weight": torch.zeros(8, 32)}
     names = ldm_module_names(
-        reader,
+        shapes,
         {
             "layers_per_block": 2,
             "block_out_channels": [32],
             "down_block_types": ["DownBlock2D"],
             "up_block_types": ["UpBlock2D"],
         },
-        v2=True,
+        openclip=True,
     )
     prefix = "lora_te_text_model_encoder_layers_3_"
     assert names[key] == [f"{prefix}self_attn_q_proj", f"{prefix}self_attn_k_proj", f"{prefix}self_attn_v_proj"]

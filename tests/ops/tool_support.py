@@ -23,8 +23,14 @@ from adapt_cli.commands.svd_merge import svd_merge  # noqa: E402
 from adapters_core.formats import save_adapter  # noqa: E402
 from adapters_core.models import SDModel, build_tiny_model, write_tiny_model  # noqa: E402
 from adapters_core.module import merge_additive  # noqa: E402
-from adapters_core.plugins import LoadedPlugin, get_registry, hookimpl, reset_registry  # noqa: E402
-from adapters_core.targets import Target, all_targets  # noqa: E402
+from adapters_core.network import resolve_model  # noqa: E402
+from adapters_core.plugins import (  # noqa: E402
+    LoadedPlugin,
+    get_registry,  # noqa: E402
+    hookimpl,
+    reset_registry,
+)
+from adapters_core.targets import Target, model_targets  # noqa: E402
 from adapters_core.types import NetworkType  # noqa: E402
 
 TOOL_COMMANDS = (merge, svd_merge, extract, resize, inspect)
@@ -58,7 +64,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyFiles:
 
 
 def targets(model: SDModel, conv: bool = True) -> list[Target]:
-    return all_targets(model.unet, model.text_encoder, include_conv_blocks=conv)
+    """The adapter targets of a loaded model or a pipeline."""
+    family, components = resolve_model(get_registry(), model)
+    return model_targets(family, components, include_conv_blocks=conv)
 
 
 def random_lora(

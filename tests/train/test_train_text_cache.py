@@ -20,8 +20,8 @@ from train_fixtures import (  # noqa: F401
 
 import adapters_core.train.loop as loop
 from adapters_core.formats import load_adapter
+from adapters_core.models import clip_text as text
 from adapters_core.models import write_tiny_model
-from adapters_core.train import text
 from adapters_core.train.text_cache import load_outputs_npz, save_outputs_npz
 
 REAL_COMPUTE_LOSS = loop.compute_loss

@@ -12,9 +12,9 @@ from diffusers import DDPMScheduler
 
 from adapt_cli.commands.train import rewrite_argv
 from adapters_core.errors import ConfigError
+from adapters_core.models import clip_text as text
 from adapters_core.train import loss as L
 from adapters_core.train import noise as N
-from adapters_core.train import text
 from adapters_core.train.components import resolve_network_type
 from adapters_core.train.config_file import coerce, flatten, load_config_file, parse_int_or_float
 from adapters_core.train.optimizers import Lion, build_optimizer, parse_optimizer_args
