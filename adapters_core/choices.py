@@ -13,6 +13,14 @@ processor keys (``processor.to_q_lora``) that ComfyUI places too."""
 PRECISION_NAMES = ("float", "fp16", "bf16")
 """``--precision`` / ``--save_precision`` / ``--dtype`` of the tools."""
 
+SAFETENSORS_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+"""Weights saved with ``torch.save`` (read with ``weights_only=True``)."""
+
+INPUT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
+"""What a weights file any command reads (an adapter or a model checkpoint) may be called; the
+suffix decides how it is read (:func:`adapters_core.formats.is_safetensors`)."""
+
 ADAPTER_OUTPUT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 """What an adapter output may be called (``--save_to`` of merge, svd-merge, resize, extract)."""
 

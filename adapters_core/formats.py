@@ -22,10 +22,8 @@ import torch
 from safetensors import safe_open
 
 from adapters_core.atomic import atomic_path
+from adapters_core.choices import INPUT_SUFFIXES, PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
 from adapters_core.errors import FormatError, NonFiniteError
-
-SAFETENSORS_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 LEGACY_HASH_OFFSET = 0x100000
 LEGACY_HASH_LENGTH = 0x10000
@@ -76,15 +74,37 @@ def read_safetensors_header(path: Path) -> dict[str, object]:
     return header
 
 
-def _load_safetensors(path: Path) -> AdapterFile:
-    read_safetensors_header(path)
+def is_safetensors(path: Path, what: str = "file type") -> bool:
+    """How every reader tells the format, by suffix: True for ``.safetensors``, False for a
+    pickle (:data:`~adapters_core.choices.PICKLE_SUFFIXES`); any other name is refused."""
+    suffix = path.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
+        return True
+    if suffix in PICKLE_SUFFIXES:
+        return False
+    expected = f"{', '.join(INPUT_SUFFIXES[:-1])} or {INPUT_SUFFIXES[-1]}"
+    raise FormatError(f"{path}: unknown {what} '{path.suffix}'; expected {expected}")
+
+
+def weights_header(path: Path) -> dict[str, object]:
+    """The header of a safetensors file read as weights (before any tensor): a damaged one is
+    "not a readable safetensors file", with the reason."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        return read_safetensors_header(path)
+    except FormatError as error:
+        reason = str(error).removeprefix(f"{path}: ")
+        raise FormatError(f"{path}: not a readable safetensors file: {reason}") from None
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the metadata of a safetensors file; a damaged file is one FormatError."""
+    weights_header(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types
-        raise FormatError(f"{path}: cannot read safetensors file: {first_line(exc)}") from None
-    return AdapterFile(path, tensors, metadata)
+            return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
+    except Exception as error:  # safetensors raises its own error types
+        raise FormatError(f"{path}: not a readable safetensors file ({first_line(error)})") from None
 
 
 def first_line(error: BaseException) -> str:
@@ -118,13 +138,25 @@ def torch_load_weights(path: Path, *, mmap: bool = False) -> object:
         raise FormatError(f"{path}: not a readable PyTorch checkpoint ({first_line(error)})") from None
 
 
-def _load_pickle(path: Path) -> AdapterFile:
-    payload = torch_load_weights(path)
+def pickled_tensors(path: Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save`` file: a ``state_dict`` sub-dict is unwrapped and
+    non-tensor entries (``global_step`` and the like) are left out."""
+    payload = torch_load_weights(path, mmap=mmap)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
-    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise FormatError(f"{path}: expected a dict of tensors")
-    return AdapterFile(path, {str(k): v for k, v in payload.items()}, {})
+    if not isinstance(payload, dict):
+        raise FormatError(f"{path}: holds a {type(payload).__name__}; expected a dict of tensors")
+    tensors = {str(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if payload and not tensors:
+        raise FormatError(f"{path}: holds no tensors; expected a dict of tensors")
+    return tensors
+
+
+def read_weights(path: Path, what: str = "file type") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a ``.safetensors`` or pickled file, and its metadata (none for pickles)."""
+    if is_safetensors(path, what):
+        return read_safetensors(path)
+    return pickled_tensors(path), {}
 
 
 def check_adapter_tensors(file: AdapterFile) -> None:
@@ -153,12 +185,7 @@ def load_adapter(path: str | os.PathLike[str], *, check: bool = True) -> Adapter
         raise FormatError(f"{file}: is a folder; expected an adapter file (.safetensors, .ckpt or .pt)")
     if not file.is_file():
         raise FormatError(f"{file}: no such file")
-    if file.suffix.lower() == SAFETENSORS_SUFFIX:
-        loaded = _load_safetensors(file)
-    elif file.suffix.lower() in PICKLE_SUFFIXES:
-        loaded = _load_pickle(file)
-    else:
-        raise FormatError(f"{file}: unknown file type '{file.suffix}'; expected .safetensors, .ckpt or .pt")
+    loaded = AdapterFile(file, *read_weights(file))
     if check:
         check_adapter_tensors(loaded)
     return loaded

@@ -32,14 +32,13 @@ from adapters_core.errors import FormatError
 from adapters_core.family import ModelFamily
 from adapters_core.formats import save_adapter
 from adapters_core.keys import normalize_module_name
+from adapters_core.lora_keys import ALPHA, DOWN, LORA_KEYS, UP, resolve_alpha
 from adapters_core.metadata import network_metadata
 from adapters_core.network import split_module_keys
 from adapters_core.plugins import get_registry
 
 log = logging.getLogger(__name__)
 
-DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
-KOHYA_KEYS = (DOWN, UP, ALPHA)
 
 
 @dataclass
@@ -67,8 +66,7 @@ class LoRASet:
 
 def module_tensors(down: torch.Tensor, up: torch.Tensor, alpha: float | None) -> dict[str, torch.Tensor]:
     """kohya tensors of one module; alpha None or 0 means alpha = rank."""
-    rank = down.shape[0]
-    value = float(alpha) if alpha else float(rank)
+    value = resolve_alpha(alpha, down.shape[0])
     return {DOWN: down, UP: up, ALPHA: torch.tensor(value, dtype=torch.float32)}
 
 
@@ -121,7 +119,7 @@ def lora_set_from_kohya(tensors: Mapping[str, torch.Tensor], metadata: Mapping[s
     text-encoder names without ``text_model_``)."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for raw_name, parts in split_module_keys(tensors).items():
-        unknown = sorted(set(parts) - set(KOHYA_KEYS))
+        unknown = sorted(set(parts) - set(LORA_KEYS))
         if unknown:
             raise FormatError(
                 f"{source}: {raw_name}.{unknown[0]}: only LoRA modules (lora_down.weight, lora_up.weight, alpha) "

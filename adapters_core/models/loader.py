@@ -21,7 +21,6 @@ from transformers import CLIPTokenizer
 
 from adapters_core.errors import AdaptError, ModelLoadError
 from adapters_core.family import ModelFamily
-from adapters_core.formats import SAFETENSORS_SUFFIX
 from adapters_core.models.components import SDModel
 from adapters_core.models.single_file import PathLike, read_checkpoint
 from adapters_core.plugins import get_registry
@@ -129,13 +128,12 @@ def _first_claim(families: list[ModelFamily], claims: Callable[[ModelFamily], bo
 def checkpoint_shapes(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a single file as ``meta`` tensors (shapes only; a safetensors header is
     all that is read, a pickle has to be loaded)."""
-    from adapters_core.formats import read_safetensors_header
+    from adapters_core.formats import is_safetensors, weights_header
 
-    if path.suffix.lower() == SAFETENSORS_SUFFIX:
-        header = read_safetensors_header(path)
+    if is_safetensors(path, "checkpoint format"):
         return {
             key: torch.empty(info["shape"], device="meta")
-            for key, info in header.items()
+            for key, info in weights_header(path).items()
             if key != "__metadata__" and isinstance(info, dict)
         }
     return {key: tensor.to("meta") for key, tensor in read_checkpoint(path)[0].items()}

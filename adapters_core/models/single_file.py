@@ -12,14 +12,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from adapters_core.atomic import atomic_path
+from adapters_core.choices import CHECKPOINT_OUTPUT_SUFFIXES
 from adapters_core.errors import FormatError, ModelLoadError
-from adapters_core.formats import (
-    PICKLE_SUFFIXES,
-    SAFETENSORS_SUFFIX,
-    first_line,
-    tensor_bytes,
-    torch_load_weights,
-)
+from adapters_core.formats import first_line, is_safetensors, pickled_tensors, read_weights, tensor_bytes
 from adapters_core.models.components import SDModel
 from adapters_core.models.ldm_layout import (
     StateDict,
@@ -29,7 +24,6 @@ from adapters_core.models.ldm_layout import (
 )
 from adapters_core.models.pipeline import scheduler_for_saving
 
-SAFETENSORS_SUFFIXES = (SAFETENSORS_SUFFIX,)
 PathLike = str | os.PathLike[str]
 ComponentStateDicts = Mapping[str, Mapping[str, torch.Tensor]]
 
@@ -47,27 +41,7 @@ def read_checkpoint(path: PathLike) -> tuple[StateDict, dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix in SAFETENSORS_SUFFIXES:
-        try:
-            with safe_open(path, framework="pt", device="cpu") as handle:
-                metadata = dict(handle.metadata() or {})
-                return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
-        except (SafetensorError, OSError, ValueError) as error:
-            raise FormatError(f"{path}: not a readable safetensors file ({first_line(error)})") from error
-    if suffix in PICKLE_SUFFIXES:
-        return _tensors_of(torch_load_weights(path), path), {}
-    raise FormatError(
-        f"{path}: unknown checkpoint format {suffix!r}; expected .safetensors, .ckpt, .pt or .pth"
-    )
-
-
-def _tensors_of(obj: object, path: Path) -> StateDict:
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise FormatError(f"{path}: holds a {type(obj).__name__}; expected a dict of tensors")
-    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return read_weights(path, "checkpoint format")
 
 
 def model_to_ldm(model: SDModel | ComponentStateDicts, *, v2: bool | None = None) -> StateDict:
@@ -112,8 +86,9 @@ def save_single_file(
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
-        raise FormatError(f"{path}: unknown checkpoint format {suffix!r}; expected .safetensors or .ckpt")
+    if suffix not in CHECKPOINT_OUTPUT_SUFFIXES:
+        expected = ", ".join(CHECKPOINT_OUTPUT_SUFFIXES)
+        raise FormatError(f"{path}: unknown checkpoint format {suffix!r}; expected one of {expected}")
     tensors = model_to_ldm(model, v2=v2)
     if template is not None:
         with _open_template(Path(template)) as (shape_of, load, template_keys):
@@ -125,7 +100,7 @@ def save_single_file(
     cast = {"dtype": dtype} if dtype is not None else {}
     tensors = {k: v.to("cpu", **cast) if v.is_floating_point() else v.cpu() for k, v in tensors.items()}
     with atomic_path(path, overwrite, expected_bytes=tensor_bytes(tensors)) as tmp:
-        if suffix in SAFETENSORS_SUFFIXES:
+        if is_safetensors(path, "checkpoint format"):
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
         else:
             torch.save({"state_dict": tensors}, tmp)
@@ -136,7 +111,7 @@ def save_single_file(
 def _open_template(template: Path) -> Iterator[_Template]:
     if not template.is_file():
         raise ModelLoadError(f"{template}: no such file (template checkpoint)")
-    if template.suffix.lower() in SAFETENSORS_SUFFIXES:
+    if is_safetensors(template, "checkpoint format"):
         try:
             handle = safe_open(template, framework="pt", device="cpu")
         except (SafetensorError, OSError) as error:
@@ -151,9 +126,7 @@ def _open_template(template: Path) -> Iterator[_Template]:
 
             yield shape_of, handle.get_tensor, keys
         return
-    if template.suffix.lower() not in PICKLE_SUFFIXES:
-        raise FormatError(f"{template}: unknown checkpoint format; expected .safetensors or .ckpt")
-    state = _tensors_of(torch_load_weights(template, mmap=True), template)
+    state = pickled_tensors(template, mmap=True)
     yield (lambda key: state[key].shape if key in state else None), state.__getitem__, list(state)
 
 

@@ -24,6 +24,7 @@ from adapters_core.blocks import BlockMultipliers, block_multipliers_per_file, m
 from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError, UnknownNetworkError
 from adapters_core.features import refuse_features
 from adapters_core.keys import normalize_module_name
+from adapters_core.lora_keys import resolve_alpha
 from adapters_core.matching import detect_file_network, loadable_targets
 from adapters_core.metadata import family_from_metadata
 from adapters_core.network import split_module_keys
@@ -130,8 +131,7 @@ def dim_alpha(network: str, name: str, tensors: Mapping[str, torch.Tensor]) -> t
             f"{name}: network type '{network}' does not recognise its tensors ({', '.join(sorted(tensors))})"
         )
     dim = int(options["dim"])
-    alpha = options.get("alpha")
-    return dim, float(alpha) if alpha else float(dim)
+    return dim, resolve_alpha(options.get("alpha"), dim)
 
 
 def module_delta(

@@ -20,24 +20,16 @@ from dataclasses import dataclass
 import torch
 
 from adapters_core.errors import ShapeMismatchError
+from adapters_core.lora_keys import ALPHA, DOWN, LORA_KEYS, UP, resolve_alpha
 from adapters_core.plugins import get_registry
 
 FACTOR_NETWORK_MODULES = frozenset({"networks.lora", "networks.dylora"})
-DOWN = "lora_down.weight"
-UP = "lora_up.weight"
-ALPHA = "alpha"
-FACTOR_KEYS = frozenset({DOWN, UP, ALPHA})
+FACTOR_KEYS = frozenset(LORA_KEYS)
 
 
 def is_factor_based(network: str) -> bool:
     """Whether files of type ``network`` store kohya LoRA factors."""
     return get_registry().get(network).kohya_module in FACTOR_NETWORK_MODULES
-
-
-def resolve_alpha(alpha: float | torch.Tensor | None, rank: int) -> float:
-    """The effective alpha: None or 0 means alpha = rank (files from before alpha existed)."""
-    value = float(alpha) if alpha is not None else 0.0
-    return value if value != 0.0 else float(rank)
 
 
 @dataclass(frozen=True)

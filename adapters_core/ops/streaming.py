@@ -26,7 +26,7 @@ from typing import BinaryIO
 import torch
 
 from adapters_core.errors import FormatError, ModelLoadError
-from adapters_core.formats import read_safetensors_header, torch_load_weights
+from adapters_core.formats import is_safetensors, pickled_tensors, weights_header
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -94,7 +94,7 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
 
 class SafetensorsReader(CheckpointReader):
     def __init__(self, path: Path) -> None:
-        header = read_safetensors_header(path)
+        header = weights_header(path)
         meta = header.pop("__metadata__", {})
         self.metadata = dict(meta) if isinstance(meta, dict) else {}
         self.path = path
@@ -179,14 +179,9 @@ def open_checkpoint(path: str | os.PathLike[str]) -> CheckpointReader:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
-    if path.suffix.lower() == ".safetensors":
+    if is_safetensors(path, "checkpoint format"):
         return SafetensorsReader(path)
-    payload = torch_load_weights(path, mmap=True)
-    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        payload = payload["state_dict"]
-    if not isinstance(payload, dict):
-        raise FormatError(f"{path}: holds a {type(payload).__name__}; expected a dict of tensors")
-    return TensorDictReader({str(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)})
+    return TensorDictReader(pickled_tensors(path, mmap=True))
 
 
 class SafetensorsWriter:

@@ -21,6 +21,7 @@ from adapters_core.atomic import check_writable
 from adapters_core.errors import ConfigError, ShapeMismatchError
 from adapters_core.formats import precision_dtype
 from adapters_core.linalg import clamp_factors
+from adapters_core.lora_keys import DOWN, UP
 from adapters_core.ops.deltas import (
     Adapter,
     LayerShapes,
@@ -32,7 +33,7 @@ from adapters_core.ops.deltas import (
     resolve_ratios,
     union_names,
 )
-from adapters_core.ops.factors import DOWN, UP, factor_tensors, factors_of, is_factor_based
+from adapters_core.ops.factors import factor_tensors, factors_of, is_factor_based
 from adapters_core.ops.lowrank import low_rank_sum_svd, pad_components, truncate
 from adapters_core.ops.outputs import ModuleOut, adapter_metadata, write_adapter
 

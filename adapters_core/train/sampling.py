@@ -1,9 +1,10 @@
 """Sample images during training (``--sample_prompts``, ``--sample_every_n_steps/epochs``).
 
-Prompt files as kohya reads them: ``.txt`` (one prompt per line, ``#`` comments, options
-``--n`` negative prompt, ``--w``/``--h`` size, ``--s`` steps, ``--l`` guidance scale, ``--d``
-seed, ``--ss`` sampler), ``.toml`` (``[prompt]`` defaults plus ``[[prompt.subset]]`` entries) or
-``.json`` (a list of strings or objects). Images go to ``<output_dir>/sample/`` named
+Prompt files as kohya reads them (:mod:`adapters_core.prompt_syntax`): ``.txt`` (one prompt per
+line, ``#`` comments, options ``--n`` negative prompt, ``--w``/``--h`` size, ``--s`` steps
+(30 when left out, kohya's default), ``--l`` guidance scale, ``--d`` seed, ``--ss`` sampler),
+``.toml`` (``[prompt]`` defaults plus ``[[prompt.subset]]`` entries) or ``.json`` (a list of
+strings or objects). Images go to ``<output_dir>/sample/`` named
 ``<output_name>_<step:06d>_<index:02d>_<timestamp>[_<seed>].png`` (``e<epoch:06d>`` instead
 of the step at the end of an epoch), as kohya names them.
 """
@@ -11,7 +12,6 @@ of the step at the end of an epoch), as kohya names them.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,32 +24,14 @@ from adapters_core.errors import ConfigError
 from adapters_core.generate import prompt_conditioning
 from adapters_core.models import SDModel, to_pipeline
 from adapters_core.models.pipeline import SCHEDULERS
-from adapters_core.textfiles import read_json, read_text, read_toml
+from adapters_core.prompt_syntax import PromptLine, read_prompt_file
 
 log = logging.getLogger(__name__)
 
 # kohya's sampler names that differ from the pipeline's scheduler names.
 SAMPLER_ALIASES = {"k_euler": "euler", "k_euler_a": "euler_a", "k_lms": "lms", "dpmsolver": "dpmsolver++"}
 
-_OPTIONS = {
-    "n": ("negative_prompt", str),
-    "w": ("width", int),
-    "h": ("height", int),
-    "s": ("steps", int),
-    "l": ("scale", float),
-    "d": ("seed", int),
-    "ss": ("sampler", str),
-}
-_JSON_KEYS = {
-    "prompt": "prompt",
-    "negative_prompt": "negative_prompt",
-    "width": "width",
-    "height": "height",
-    "sample_steps": "steps",
-    "scale": "scale",
-    "seed": "seed",
-    "sample_sampler": "sampler",
-}
+SAMPLE_FLAGS = ("n", "w", "h", "s", "l", "d", "ss")
 
 
 @dataclass(frozen=True)
@@ -76,51 +58,25 @@ def sampler_name(name: str, where: str) -> str:
     return resolved
 
 
-def parse_prompt_line(line: str, index: int = 0, where: str = "prompt") -> SamplePrompt:
-    """``"a cat --n blurry --w 640 --s 20"`` -> SamplePrompt (unknown options are ignored, as kohya)."""
-    parts = line.split(" --")
-    values: dict[str, Any] = {"prompt": parts[0].strip(), "index": index}
-    for part in parts[1:]:
-        match = re.match(r"(ss|[nwhsld])\s+(.+)", part.strip(), re.IGNORECASE)
-        if match is None:
-            continue
-        field_name, cast = _OPTIONS[match.group(1).lower()]
-        try:
-            values[field_name] = cast(match.group(2).strip())
-        except ValueError:
-            raise ConfigError(f"{where}: '--{part.strip()}' has a bad value") from None
-    return _checked(SamplePrompt(**values), where)
-
-
-def _checked(prompt: SamplePrompt, where: str) -> SamplePrompt:
+def sample_prompt(line: PromptLine, index: int = 0) -> SamplePrompt:
+    """A parsed prompt as a sample image: kohya's defaults for what it leaves out, the size
+    rounded down to a multiple of 8 (at least 64), steps within 1..1000, the sampler checked."""
+    given = line.given()
+    seeds = given.pop("seeds", None)
+    if seeds is not None and len(seeds) != 1:
+        raise ConfigError(f"{line.where}: --d {','.join(map(str, seeds))}: a sample image takes one seed")
+    prompt = SamplePrompt(line.prompt, index, **given, seed=seeds[0] if seeds else None)
     steps = max(1, min(1000, prompt.steps))
     width, height = max(64, prompt.width - prompt.width % 8), max(64, prompt.height - prompt.height % 8)
-    sampler = sampler_name(prompt.sampler, where) if prompt.sampler else None
+    sampler = sampler_name(prompt.sampler, line.where) if prompt.sampler else None
     return replace(prompt, steps=steps, width=width, height=height, sampler=sampler)
 
 
 def load_prompts(path: str | Path) -> list[SamplePrompt]:
     """Read a ``.txt``, ``.toml`` or ``.json`` prompt file."""
     file = Path(path)
-    where = f"--sample_prompts {file}"
-    if file.suffix.lower() == ".toml":
-        data = read_toml(file, where).get("prompt", {})
-        base = {k: v for k, v in data.items() if k != "subset"}
-        entries: list[Any] = [{**base, **subset} for subset in data.get("subset", [])]
-    elif file.suffix.lower() == ".json":
-        entries = read_json(file, where)
-    else:
-        entries = [line.strip() for line in read_text(file, where).splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    prompts = []
-    for index, entry in enumerate(entries):
-        if isinstance(entry, str):
-            prompts.append(parse_prompt_line(entry, index, where))
-        elif isinstance(entry, dict):
-            values = {_JSON_KEYS[k]: v for k, v in entry.items() if k in _JSON_KEYS}
-            prompts.append(_checked(SamplePrompt(index=index, **values), where))
-        else:
-            raise ConfigError(f"{where}: entry {index + 1} is neither a prompt string nor a table")
-    return prompts
+    lines = read_prompt_file(file, f"--sample_prompts {file}", SAMPLE_FLAGS)
+    return [sample_prompt(line, index) for index, line in enumerate(lines)]
 
 
 def is_sample_time(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from adapters_core.lora_keys import ALPHA, DOWN, LORA_KEYS, UP, resolve_alpha
 from adapters_core.plugins import hookimpl
 from adapters_core.types import NetworkOption, NetworkType
 
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from adapt_lora.module import LoRAModule
-
-LORA_KEYS = ("lora_down.weight", "lora_up.weight", "alpha")
 
 DROPOUT_OPTIONS: tuple[NetworkOption, ...] = (
     NetworkOption("dropout", float, None, "dropout on down(x) during training (--network_dropout)"),
@@ -88,7 +87,7 @@ class LoRAFamilyPlugin:
             return None
         from adapt_lora.math import lora_delta
 
-        return lora_delta(tensors["lora_up.weight"], tensors["lora_down.weight"], tensors.get("alpha"), weight_shape)
+        return lora_delta(tensors[UP], tensors[DOWN], tensors.get(ALPHA), weight_shape)
 
     @hookimpl
     def merge_weights(
@@ -99,7 +98,7 @@ class LoRAFamilyPlugin:
         from adapt_lora.math import lora_delta
         from adapters_core.module import merge_additive
 
-        delta = lora_delta(tensors["lora_up.weight"], tensors["lora_down.weight"], tensors.get("alpha"), weight.shape)
+        delta = lora_delta(tensors[UP], tensors[DOWN], tensors.get(ALPHA), weight.shape)
         return merge_additive(weight, delta, ratio)
 
     @hookimpl
@@ -123,16 +122,15 @@ class LoRAFamilyPlugin:
     def module_options_from_tensors(
         self, network: str, name: str, tensors: Mapping[str, torch.Tensor]
     ) -> dict[str, Any] | None:
-        if not self._mine(network) or "lora_down.weight" not in tensors:
+        if not self._mine(network) or DOWN not in tensors:
             return None
-        dim = int(tensors["lora_down.weight"].shape[0])
-        alpha = tensors.get("alpha")
-        return {"dim": dim, "alpha": float(alpha) if alpha is not None else float(dim)}
+        dim = int(tensors[DOWN].shape[0])
+        return {"dim": dim, "alpha": resolve_alpha(tensors.get(ALPHA), dim)}
 
     @hookimpl
     def detect_network(self, keys: frozenset[str], metadata: Mapping[str, str]) -> str | None:
         if not self.detects:
             return None
-        if any(key.endswith(".lora_down.weight") for key in keys):
+        if any(key.endswith(f".{DOWN}") for key in keys):
             return self.network_type.name
         return None

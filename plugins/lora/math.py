@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from adapters_core.linalg import low_rank_factors
+from adapters_core.lora_keys import resolve_alpha
+from adapters_core.ops.factors import factor_tensors
 
 
 def lora_scale(alpha: float | torch.Tensor | None, rank: int) -> float:
     """alpha / rank, with alpha None or 0 meaning alpha = rank (files from before alpha existed)."""
-    value = float(alpha) if alpha is not None else 0.0
-    return (value if value != 0.0 else float(rank)) / rank
+    return resolve_alpha(alpha, rank) / rank
 
 
 def lora_delta(
@@ -45,12 +46,4 @@ def lora_factors(
     up, down = low_rank_factors(delta, rank, method=method, clamp_quantile=clamp_quantile, clip_budget=clip_budget)
     k = down.shape[0]
     alpha_value = float(k) if alpha is None else float(alpha)
-    up = up / lora_scale(alpha_value, k)
-    if delta.dim() == 4:
-        up = up.reshape(delta.shape[0], k, 1, 1)
-        down = down.reshape(k, *delta.shape[1:])
-    return {
-        "lora_down.weight": down.contiguous(),
-        "lora_up.weight": up.contiguous(),
-        "alpha": torch.tensor(alpha_value),
-    }
+    return factor_tensors(up / lora_scale(alpha_value, k), down, alpha_value, delta.shape)

@@ -10,6 +10,7 @@ from torch import nn
 
 from adapt_lora.math import lora_scale
 from adapters_core.errors import NetworkOptionError
+from adapters_core.lora_keys import resolve_alpha
 from adapters_core.module import AdapterModule
 
 
@@ -53,7 +54,7 @@ class LoRAModule(AdapterModule):
             self.lora_up = nn.Linear(dim, layer.out_features, bias=False)
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
-        self.register_buffer("alpha", torch.tensor(float(alpha) if alpha else float(dim)))
+        self.register_buffer("alpha", torch.tensor(resolve_alpha(alpha, dim)))
         self.scale = lora_scale(alpha, dim)
         self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_scale())
         self.dropout = dropout or 0.0

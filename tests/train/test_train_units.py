@@ -13,13 +13,14 @@ from diffusers import DDPMScheduler
 from adapt_cli.commands.train import rewrite_argv
 from adapters_core.errors import ConfigError
 from adapters_core.models import clip_text as text
+from adapters_core.prompt_syntax import parse_prompt_line
 from adapters_core.train import loss as L
 from adapters_core.train import noise as N
 from adapters_core.train.components import resolve_network_type
 from adapters_core.train.config_file import coerce, flatten, load_config_file, parse_int_or_float
 from adapters_core.train.optimizers import Lion, build_optimizer, parse_optimizer_args
 from adapters_core.train.progress import LossRecorder, seed_step
-from adapters_core.train.sampling import image_name, is_sample_time, load_prompts, parse_prompt_line
+from adapters_core.train.sampling import SAMPLE_FLAGS, image_name, is_sample_time, load_prompts, sample_prompt
 from adapters_core.train.schedulers import ScheduleSpec, build_lr_scheduler, steps_of
 
 
@@ -212,9 +213,8 @@ def test_network_module_names() -> None:
 
 # -- sampling and progress ----------------------------------------------------------------------
 def test_prompt_lines_and_files(tmp_path: Path) -> None:
-    prompt = parse_prompt_line(
-        "a cat, best --n blurry, low --w 100 --h 640 --s 2000 --l 5.5 --d 7 --ss k_euler --x 1", 3
-    )
+    line = "a cat, best --n blurry, low --w 100 --h 640 --s 2000 --l 5.5 --d 7 --ss k_euler --x 1"
+    prompt = sample_prompt(parse_prompt_line(line, "prompt", SAMPLE_FLAGS), 3)
     assert (prompt.prompt, prompt.negative_prompt, prompt.width, prompt.height) == (
         "a cat, best",
         "blurry, low",
@@ -233,7 +233,7 @@ def test_prompt_lines_and_files(tmp_path: Path) -> None:
     json_file.write_text('["x --w 64", {"prompt": "y", "seed": 2}]')
     assert [(p.prompt, p.width, p.seed) for p in load_prompts(json_file)] == [("x", 64, None), ("y", 512, 2)]
     with pytest.raises(ConfigError, match="not supported"):
-        parse_prompt_line("x --ss dpm_2_a")
+        sample_prompt(parse_prompt_line("x --ss dpm_2_a", "prompt", SAMPLE_FLAGS))
     assert is_sample_time(0, None, every_n_steps=None, every_n_epochs=None, at_first=True)
     assert is_sample_time(4, None, every_n_steps=2, every_n_epochs=None, at_first=False)
     assert not is_sample_time(4, 2, every_n_steps=2, every_n_epochs=None, at_first=False)

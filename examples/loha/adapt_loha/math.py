@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 
 from adapters_core.linalg import low_rank_factors
+from adapters_core.lora_keys import ALPHA, resolve_alpha
 
-KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha")
+KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", ALPHA)
 
 
 def loha_scale(alpha: float | torch.Tensor | None, dim: int) -> float:
     """alpha / dim; alpha None or 0 means alpha = dim (scale 1), as in LoRA files."""
-    value = float(alpha) if alpha is not None else 0.0
-    return (value if value != 0.0 else float(dim)) / dim
+    return resolve_alpha(alpha, dim) / dim
 
 
 def loha_delta(

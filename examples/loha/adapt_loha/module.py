@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapt_loha.math import loha_delta
+from adapters_core.lora_keys import resolve_alpha
 from adapters_core.module import AdapterModule
 
 
@@ -34,7 +35,7 @@ class LoHaModule(AdapterModule):
         self.hada_w1_b = nn.Parameter(torch.empty(dim, in_dim).normal_(std=1.0))
         self.hada_w2_a = nn.Parameter(torch.zeros(out_dim, dim))
         self.hada_w2_b = nn.Parameter(torch.empty(dim, in_dim).normal_(std=1.0))
-        self.register_buffer("alpha", torch.tensor(float(alpha) if alpha else float(dim)))
+        self.register_buffer("alpha", torch.tensor(resolve_alpha(alpha, dim)))
 
     def delta_weight(self) -> torch.Tensor:
         return loha_delta(self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b, self.alpha, self.weight_shape)

@@ -15,6 +15,7 @@ from torch import nn
 from adapt_loha.math import KEYS, loha_delta, loha_factors
 from adapt_loha.module import LoHaModule
 from adapters_core import hookimpl
+from adapters_core.lora_keys import resolve_alpha
 from adapters_core.module import merge_additive
 from adapters_core.types import NetworkOption, NetworkType
 
@@ -91,8 +92,7 @@ def module_options_from_tensors(network: str, name: str, tensors: Mapping[str, t
     if network != NAME or "hada_w1_b" not in tensors or any(key in tensors for key in _UNSUPPORTED):
         return None
     dim = int(tensors["hada_w1_b"].shape[0])
-    alpha = tensors.get("alpha")
-    return {"dim": dim, "alpha": float(alpha) if alpha is not None and float(alpha) != 0 else float(dim)}
+    return {"dim": dim, "alpha": resolve_alpha(tensors.get("alpha"), dim)}
 
 
 @hookimpl
