@@ -22,10 +22,10 @@ from adapt_cli.commands.resize import resize  # noqa: E402
 from adapt_cli.commands.svd_merge import svd_merge  # noqa: E402
 from adapters_core.formats import save_adapter  # noqa: E402
 from adapters_core.models import SDModel, build_tiny_model, write_tiny_model  # noqa: E402
-from adapters_core.module import merge_additive  # noqa: E402
+from adapters_core.module import AdapterModule, merge_additive  # noqa: E402
 from adapters_core.plugins import LoadedPlugin, get_registry, hookimpl, reset_registry  # noqa: E402
 from adapters_core.targets import Target, all_targets  # noqa: E402
-from adapters_core.types import NetworkType  # noqa: E402
+from adapters_core.types import ModuleSpec, NetworkType  # noqa: E402
 
 TOOL_COMMANDS = (merge, svd_merge, extract, resize, inspect)
 
@@ -132,12 +132,38 @@ def truncation_error(matrix: torch.Tensor, rank: int) -> float:
 FULLDELTA = NetworkType(name="fulldelta", description="test type: the delta itself", kohya_module="tests.fulldelta")
 
 
+class FullDeltaModule(AdapterModule):
+    """The delta itself as a parameter (zeros at init), applied through the layer's own operation."""
+
+    def __init__(self, spec: ModuleSpec) -> None:
+        super().__init__(spec.name)
+        weight = spec.layer.weight
+        self.weight_shape = weight.shape
+        self.conv = isinstance(spec.layer, torch.nn.Conv2d)
+        self.conv_args = (spec.layer.stride, spec.layer.padding) if self.conv else ()
+        self.diff = torch.nn.Parameter(torch.zeros(weight.shape[0], weight[0].numel(), device=weight.device))
+        self.register_buffer("rank", torch.tensor(float(spec.rank)))
+
+    def forward(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        weight = (self.diff.reshape(self.weight_shape) * self.multiplier).to(x.dtype)
+        out = torch.nn.functional.conv2d(x, weight, None, *self.conv_args) if self.conv else x @ weight.T
+        return base + out.to(base.dtype)
+
+
 class FullDeltaPlugin:
     """Module tensors ``diff`` (the delta, [out, in*kh*kw]) and ``rank`` (0-d)."""
 
     @hookimpl
     def register_networks(self, register: Callable[[NetworkType], None]) -> None:
         register(FULLDELTA)
+
+    @hookimpl
+    def create_module(self, spec: ModuleSpec) -> AdapterModule:
+        return FullDeltaModule(spec)
+
+    @hookimpl
+    def state_dict_keys(self, spec: ModuleSpec) -> list[str]:
+        return ["diff", "rank"]
 
     @hookimpl
     def delta_weight(
