@@ -67,7 +67,7 @@ class Registry:
         self._aliases: dict[str, str] = {}
         self._origins: dict[str, LoadedPlugin] = {}
         self._owners: dict[str, object] = {}  # type name -> the plugin object that registered it
-        self._callers: dict[tuple[str, str], Any] = {}
+        self._callers: dict[tuple[str, str, bool], Any] = {}  # (hook, type, with defaults) -> caller
 
     def add_plugin(self, module: ModuleType | object, origin: LoadedPlugin) -> None:
         """Register one plugin object, validate its hooks and collect its network types."""
@@ -86,13 +86,21 @@ class Registry:
         try:
             for network_type in registered:
                 self._check_type(module, origin, network_type)
+                self._add_type(module, origin, network_type)
         except PluginError:
-            self.pm.unregister(module)
+            self._forget(module, registered)
             raise
         self.plugins.append(origin)
-        for network_type in registered:
-            self._add_type(module, origin, network_type)
         self._callers.clear()
+
+    def _forget(self, module: object, registered: list[NetworkType]) -> None:
+        """Undo a plugin that failed validation, so the registry stays usable."""
+        self.pm.unregister(module)
+        for network_type in registered:
+            if self._owners.get(network_type.name) is module:
+                del self.types[network_type.name], self._origins[network_type.name], self._owners[network_type.name]
+                for alias in network_type.aliases:
+                    self._aliases.pop(alias, None)
 
     def _check_type(self, module: object, origin: LoadedPlugin, network_type: NetworkType) -> None:
         for name in (network_type.name, *network_type.aliases):
@@ -148,11 +156,11 @@ class Registry:
     def _call(self, hook: str, network: str, *, defaults: bool = True, **kwargs: Any) -> Any:
         """Call ``hook`` on the plugin owning ``network`` (then on the core's defaults)."""
         name = self.get(network).name
-        caller = self._callers.get((hook, name))
+        caller = self._callers.get((hook, name, defaults))
         if caller is None:
             keep = {id(self._owners[name])} | ({id(self._core)} if defaults else set())
             others = [plugin for plugin in self.pm.get_plugins() if id(plugin) not in keep]
-            caller = self._callers[(hook, name)] = self.pm.subset_hook_caller(hook, others)
+            caller = self._callers[(hook, name, defaults)] = self.pm.subset_hook_caller(hook, others)
         return caller(network=name, **kwargs)
 
     def _answer(self, hook: str, network: str, **kwargs: Any) -> Any:
