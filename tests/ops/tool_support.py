@@ -22,7 +22,7 @@ from adapt_cli.commands.resize import resize  # noqa: E402
 from adapt_cli.commands.svd_merge import svd_merge  # noqa: E402
 from adapters_core.formats import save_adapter  # noqa: E402
 from adapters_core.models import SDModel, build_tiny_model, write_tiny_model  # noqa: E402
-from adapters_core.module import AdapterModule, merge_additive  # noqa: E402
+from adapters_core.module import AdapterModule  # noqa: E402
 from adapters_core.plugins import LoadedPlugin, get_registry, hookimpl, reset_registry  # noqa: E402
 from adapters_core.targets import Target, all_targets  # noqa: E402
 from adapters_core.types import ModuleSpec, NetworkType  # noqa: E402
@@ -166,34 +166,18 @@ class FullDeltaPlugin:
         return ["diff", "rank"]
 
     @hookimpl
-    def delta_weight(
-        self, network: str, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size
-    ) -> torch.Tensor | None:
-        if network != FULLDELTA.name:
-            return None
+    def delta_weight(self, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size) -> torch.Tensor:
         return tensors["diff"].float().reshape(weight_shape)
 
     @hookimpl
-    def merge_weights(
-        self, network: str, tensors: Mapping[str, torch.Tensor], weight: torch.Tensor, ratio: float
-    ) -> torch.Tensor | None:
-        if network != FULLDELTA.name:
-            return None
-        return merge_additive(weight, tensors["diff"].float().reshape(weight.shape), ratio)
-
-    @hookimpl
-    def extract(self, network: str, delta: torch.Tensor, rank: int, options: Mapping[str, object]) -> dict | None:
-        if network != FULLDELTA.name:
-            return None
+    def extract(self, delta: torch.Tensor, rank: int, options: Mapping[str, object]) -> dict:
         matrix = delta.reshape(delta.shape[0], -1).float()
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
         k = min(rank, s.shape[0])
         return {"diff": (u[:, :k] * s[:k]) @ vh[:k], "rank": torch.tensor(float(k))}
 
     @hookimpl
-    def module_options_from_tensors(self, network: str, name: str, tensors: Mapping[str, torch.Tensor]) -> dict | None:
-        if network != FULLDELTA.name:
-            return None
+    def module_options_from_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> dict | None:
         return {"dim": int(tensors["rank"]), "alpha": float(tensors["rank"])}
 
     @hookimpl
