@@ -177,8 +177,8 @@ def check_adapter(
                     block=block_label(target.name),
                     layer_kind=target.layer_kind,
                     shape=list(target.layer.weight.shape),
-                    rank=match.options.get("dim"),
-                    alpha=match.options.get("alpha"),
+                    rank=match.spec.rank,
+                    alpha=match.spec.alpha,
                     keys=match.keys,
                     reshaped=match.reshaped,
                 )

@@ -1,16 +1,48 @@
-"""The hooks an adapter type implements. This module is their reference documentation.
+"""The hooks an adapter type or a model family implements. This module is their reference
+documentation.
 
-A plugin is a module registered under the entry-point group ``adapt.networks``. It
-implements some of the hooks below with ``@adapters_core.hookimpl``. Per-type hooks are
-``firstresult``: every plugin is asked in turn, a plugin answers for its own network type
-and returns ``None`` for any other, and the first non-``None`` answer wins.
+A plugin is a module (or an object) registered under the entry-point group ``adapt.networks``
+(adapter types) or ``adapt.models`` (base-model families). It implements some of the hooks
+below with ``@adapters_core.hookimpl`` and registers its types with
+:func:`register_networks`, its families with :func:`register_model_families`. Everything a
+family answers is a method of :class:`adapters_core.family.ModelFamily`, documented there;
+the rest of this page is about adapter types.
 
-``network`` arguments are always the *type name* (``"lora"``, ``"c3lier"`` ...), so a plugin
-checks ``if network != "mytype": return None`` first.
+**Who is asked.** The host records which plugin registered which type and calls the
+per-type hooks of the *owning plugin only* (plus the core's defaults, see below), through
+the typed methods of :class:`adapters_core.plugins.Registry` (``registry.create_module``,
+``registry.delta_weight`` ...); nothing else in adapt calls a hook. So a plugin never checks
+whose type it is asked about. ``network`` (the type name, ``"lora"``) is still passed, for a
+plugin that registers several types; a plugin with one type may leave the argument out of
+its signature (pluggy passes only the arguments an implementation names).
 
-Tensor dictionaries passed to and returned by the per-module hooks use *module-relative*
-keys (``"lora_down.weight"``, ``"lora_up.weight"``, ``"alpha"``); the core adds the kohya
-module name (``lora_unet_..._to_q.``) when it writes a file.
+**Required hooks.** A plugin that registers a type must implement :data:`REQUIRED_HOOKS`
+(``create_module``, ``state_dict_keys``, ``delta_weight``, ``extract``,
+``module_options_from_tensors``): loading, saving, ``check`` and every shared tool need
+them. A plugin without one fails at start-up with one line naming the plugin and the hook.
+
+**Defaults.** The core registers its own plugin with ``trylast=True``; its answers count
+only when the owner gives none. It supplies ``merge_weights`` as ``weight + ratio *
+delta_weight`` (:func:`adapters_core.module.merge_additive`), so additive types implement
+``delta_weight`` only. When neither the owner nor the default answers a hook that must
+answer, the host raises :class:`adapters_core.errors.PluginError` naming the plugin.
+
+**Keys.** Tensor dictionaries and key lists passed to and returned by the per-module hooks
+use *module-relative* keys (``"lora_down.weight"``, ``"lora_up.weight"``, ``"alpha"``); the
+core adds the kohya module name (``lora_unet_..._to_q.``) when it writes a file and strips it
+when it reads one.
+
+**Per-step behaviour** (DyLoRA's rank unit) lives on the module, not in a hook: the training
+loop calls :meth:`adapters_core.module.AdapterModule.on_train_step` of every module before
+each forward pass.
+
+**Detection** (:meth:`adapters_core.plugins.Registry.detect`): a file whose metadata names
+a type (``ss_network_module`` such as ``networks.lora``, else the last part of
+``modelspec.architecture``) is that type when the type's own ``detect_network`` claims the
+file, or when its plugin implements no ``detect_network`` (it trusts the metadata).
+Otherwise every plugin's ``detect_network`` is asked; LoRA's catch-all ("any
+``.lora_down.weight`` key") is ``trylast``, so a type whose keys overlap LoRA's is asked
+first.
 """
 
 from __future__ import annotations
@@ -25,11 +57,13 @@ if TYPE_CHECKING:
     from torch import nn
 
     from adapters_core.family import ModelFamily
-    from adapters_core.network import Network
-    from adapters_core.types import NetworkType
+    from adapters_core.types import ModuleSpec, NetworkType
 
 PROJECT = "adapt"
 hookspec = pluggy.HookspecMarker(PROJECT)
+
+# The hooks a plugin must implement for each type it registers (checked at registration).
+REQUIRED_HOOKS = ("create_module", "state_dict_keys", "delta_weight", "extract", "module_options_from_tensors")
 
 
 @hookspec
@@ -37,7 +71,8 @@ def register_networks(register: Callable[[NetworkType], None]) -> None:
     """Call ``register(NetworkType(...))`` once for each adapter type this plugin provides.
 
     The host keeps control: it rejects a second type of the same name, naming both
-    distributions, and records the distribution and version for ``adapt networks``.
+    distributions, rejects a type whose plugin lacks one of :data:`REQUIRED_HOOKS`, and
+    records the distribution and version for ``adapt networks``.
     """
 
 
@@ -55,27 +90,22 @@ def register_model_families(register: Callable[[ModelFamily], None]) -> None:
 
 
 @hookspec(firstresult=True)
-def create_module(
-    network: str, name: str, layer: nn.Module, options: Mapping[str, Any]
-) -> nn.Module | None:
+def create_module(network: str, spec: ModuleSpec) -> nn.Module | None:
     """Return the adapter module for one layer, or ``None`` if this type does not adapt it.
 
-    ``name`` is the kohya module name (``lora_unet_down_blocks_0_attentions_0_proj_in``),
-    ``layer`` the wrapped ``nn.Linear``/``nn.Conv2d``. ``options`` holds the network's
-    options after the type's ``prepare_options`` ran, plus per-module values resolved by the
-    core: ``dim`` and ``alpha`` (block-wise ranks already applied), ``block_index`` (0..24,
-    -1 for the text encoder) and ``layer_kind`` (``"linear"``, ``"conv1x1"``,
-    ``"conv3x3"``). The returned module must subclass :class:`adapters_core.module.AdapterModule`.
+    ``spec`` (:class:`adapters_core.types.ModuleSpec`) carries the kohya name, the layer, this
+    module's rank and alpha, its block index, layer kind and the network's options. The
+    returned module must subclass :class:`adapters_core.module.AdapterModule`; its
+    ``state_dict()`` keys are the module-relative file keys.
     """
 
 
 @hookspec(firstresult=True)
-def state_dict_keys(
-    network: str, name: str, layer: nn.Module, options: Mapping[str, Any]
-) -> list[str] | None:
-    """Return the full tensor keys the module for ``layer`` writes (``name + ".lora_down.weight"``...).
+def state_dict_keys(network: str, spec: ModuleSpec) -> list[str] | None:
+    """Return the module-relative keys the module for ``spec`` writes (``"lora_down.weight"``...).
 
-    Used to save, to load and to report which keys of a file would load nowhere.
+    Used to load and to report which keys of a file would load nowhere (``adapt check``).
+    Tools without a model pass a stand-in ``nn.Linear`` on the "meta" device as the layer.
     """
 
 
@@ -96,8 +126,8 @@ def merge_weights(
 ) -> torch.Tensor | None:
     """Return the layer's new weight after merging one module's tensors at ``ratio``.
 
-    Types built on an additive delta implement this as ``weight + ratio * delta_weight``
-    (the core offers :func:`adapters_core.module.merge_additive`).
+    Optional: the core's default is ``weight + ratio * delta_weight`` computed in float32 and
+    returned in the weight's dtype. Implement it only for a type that is not additive.
     """
 
 
@@ -120,15 +150,13 @@ def extract(
 def module_options_from_tensors(
     network: str, name: str, tensors: Mapping[str, torch.Tensor]
 ) -> dict[str, Any] | None:
-    """Return the per-module options (at least ``dim`` and ``alpha``) that a module saved
-    with ``tensors`` was created with, so a file can be loaded into freshly created modules."""
+    """Return ``{"dim": rank, "alpha": alpha}`` that a module saved with ``tensors`` was
+    created with (so a file loads into freshly created modules), or ``None`` when the
+    tensors are not a module of this type (``check`` then reports them). Other entries are
+    added to the module's ``ModuleSpec.options``."""
 
 
 @hookspec(firstresult=True)
 def detect_network(keys: frozenset[str], metadata: Mapping[str, str]) -> str | None:
-    """Return the type name that wrote a file with these tensor keys and metadata, or ``None``."""
-
-
-@hookspec
-def on_train_step(network: Network, step: int) -> None:
-    """Called before each training forward pass; DyLoRA picks its rank unit here."""
+    """Return the name of this plugin's type that wrote a file with these tensor keys and
+    metadata, or ``None`` (see *Detection* above; the first answer wins)."""

@@ -32,6 +32,7 @@ from adapters_core.targets import (
     model_targets,
     text_encoder_module_path,
 )
+from adapters_core.types import ModuleSpec
 
 if TYPE_CHECKING:
     from adapters_core.family import ModelFamily
@@ -71,9 +72,9 @@ def detect_file_network(
 ) -> str:
     """The installed type that reads this file; a file no type reads is refused with the
     feature it carries (DoRA, LoKr, ...) or, failing that, a sample of its keys."""
-    network = registry.hook.detect_network(keys=frozenset(tensors), metadata=metadata)
+    network = registry.detect(tensors, metadata)
     if network is not None:
-        return str(network)
+        return network
     for key in sorted(tensors):
         name, _, rest = key.partition(".")
         refuse_features(source, name, [rest])
@@ -87,7 +88,7 @@ class ModuleMatch:
 
     raw_name: str
     target: Target
-    options: dict[str, Any]
+    spec: ModuleSpec
     module: nn.Module
     keys: int
     reshaped: bool  # 2-D file tensors for a conv layer or 4-D ones for a Linear
@@ -120,7 +121,7 @@ class ModuleMatcher:
         model_name: str,
         source: object,
     ) -> None:
-        self.hook = registry.hook
+        self.registry = registry
         self.network = network
         self.family = family
         self.layers = layers
@@ -152,20 +153,17 @@ class ModuleMatcher:
         target = self.layers.get(name)
         if target is None:
             return None, miss(parts, self._no_layer_reason(raw_name, name))
-        per_module = self.hook.module_options_from_tensors(network=self.network, name=name, tensors=parts)
+        per_module = self.registry.module_options_from_tensors(self.network, name, parts)
         if per_module is None:
             refuse_features(self.source, raw_name, parts)
             return None, miss(parts, f"not a {self.network} module (keys: {', '.join(sorted(parts))})")
-        options = {**self.options, **per_module, "from_weights": True, "block_index": target.block_index,
-                   "layer_kind": target.layer_kind, "in_conv_block": target.in_conv_block}
-        expected = self.hook.state_dict_keys(network=self.network, name=name, layer=target.layer, options=options)
-        suffixes = {key[len(name) + 1:] for key in expected or ()}
+        spec = module_spec(name, target, per_module, self.options)
+        suffixes = set(self.registry.state_dict_keys(self.network, spec))
         unknown = set(parts) - suffixes
-        if expected is not None:
-            refuse_features(self.source, raw_name, unknown)
+        refuse_features(self.source, raw_name, unknown)
         misses = miss(unknown, f"unknown suffix for {self.network} (expected {', '.join(sorted(suffixes))})")
-        module = self.hook.create_module(network=self.network, name=name, layer=target.layer, options=options)
-        if not isinstance(module, nn.Module):
+        module = self.registry.create_module(self.network, spec)
+        if module is None:
             return None, miss(parts, f"{self.network} does not adapt {target.layer_kind} layers")
         known = {key: tensor for key, tensor in parts.items() if key in suffixes}
         try:
@@ -174,7 +172,18 @@ class ModuleMatcher:
             return None, misses + miss(known, str(error), shape_error=True)
         own = module.state_dict()
         reshaped = any(tensor.dim() != own[key].dim() for key, tensor in known.items())
-        return ModuleMatch(raw_name, target, options, module, len(known), reshaped), misses
+        return ModuleMatch(raw_name, target, spec, module, len(known), reshaped), misses
+
+
+def module_spec(
+    name: str, target: Target, per_module: Mapping[str, Any], options: Mapping[str, Any]
+) -> ModuleSpec:
+    """The spec of a module read from a file: rank and alpha from its tensors
+    (``module_options_from_tensors``), the layer from ``target``; the other entries the type
+    read are added to the network's ``options``."""
+    extra = {key: value for key, value in per_module.items() if key not in ("dim", "alpha")}
+    return ModuleSpec(name, target.layer, int(per_module["dim"]), per_module.get("alpha"), target.block_index,
+                      target.layer_kind, target.in_conv_block, {**options, **extra})
 
 
 def refuse_unmatched(source: object, misses: list[KeyMiss]) -> None:

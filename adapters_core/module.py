@@ -26,6 +26,14 @@ class AdapterModule(nn.Module):
     def forward(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def on_train_step(self, step: int) -> None:
+        """Called before each training forward pass (DyLoRA samples its rank unit here).
+
+        Runs on every process with the same seed, module after module in the network's
+        order; a module that draws random numbers must draw them from torch's global
+        generator so that every process makes the same choice.
+        """
+
 
 def merge_additive(weight: torch.Tensor, delta: torch.Tensor, ratio: float) -> torch.Tensor:
     """``weight + ratio * delta`` computed in float32 and returned in the weight's dtype."""

@@ -24,7 +24,7 @@ from adapters_core.options import resolve_options
 from adapters_core.patching import attach, detach
 from adapters_core.plugins import Registry, get_registry
 from adapters_core.targets import Target, model_targets
-from adapters_core.types import NetworkType
+from adapters_core.types import ModuleSpec, NetworkType
 
 if TYPE_CHECKING:
     from adapters_core.family import ModelFamily
@@ -162,7 +162,7 @@ class Network(nn.Module):
         for target in targets_for(plan):
             dim, alpha = plan.dim_alpha(target.block_index, target.layer_kind)
             if dim > 0:
-                self._add(target, {**resolved, "dim": dim, "alpha": alpha})
+                self._add(target, dim, alpha)
         self.set_multiplier(multiplier)
         return self
 
@@ -254,12 +254,10 @@ class Network(nn.Module):
             allow_unmatched=allow_unmatched,
         )
 
-    def _add(self, target: Target, options: dict[str, Any]) -> AdapterModule | None:
-        module_options = {**options, "block_index": target.block_index, "layer_kind": target.layer_kind,
-                          "in_conv_block": target.in_conv_block}
-        module = self.registry.hook.create_module(
-            network=self.network_type.name, name=target.name, layer=target.layer, options=module_options
-        )
+    def _add(self, target: Target, rank: int, alpha: float | None) -> AdapterModule | None:
+        spec = ModuleSpec(target.name, target.layer, rank, alpha, target.block_index, target.layer_kind,
+                          target.in_conv_block, self.options)
+        module = self.registry.create_module(self.network_type.name, spec)
         if module is None:
             return None
         self._attach(target, module)
@@ -331,11 +329,8 @@ class Network(nn.Module):
         merged: list[tuple[nn.Module, torch.Tensor]] = []
         for name, _ in self.adapter_modules():
             layer = self.targets[name].layer
-            new_weight = self.registry.hook.merge_weights(
-                network=self.network_type.name,
-                tensors=self.module_tensors(name),
-                weight=layer.weight,
-                ratio=self._module_ratio(name, ratio),
+            new_weight = self.registry.merge_weights(
+                self.network_type.name, self.module_tensors(name), layer.weight, self._module_ratio(name, ratio)
             )
             if not torch.isfinite(new_weight).all():
                 raise NonFiniteError(f"{name}: merging gives non-finite weights; nothing was merged")
@@ -347,7 +342,9 @@ class Network(nn.Module):
 
     # -- training -----------------------------------------------------------------------
     def on_train_step(self, step: int) -> None:
-        self.registry.hook.on_train_step(network=self, step=step)
+        """Before each training forward pass: every module's own per-step work (DyLoRA's rank unit)."""
+        for _, module in self.adapter_modules():
+            module.on_train_step(step)
 
     # -- saving -------------------------------------------------------------------------
     def save(

@@ -5,7 +5,8 @@ strided 3x3 conv) in a given dtype and verifies one promise of the hooks:
 
 - ``identity_at_init``: a fresh module leaves the layer's output unchanged;
 - ``forward_matches_delta``: with random weights the output is ``base + delta_weight . x``;
-- ``save_load_round_trip``: a saved file loads back into a fresh network exactly;
+- ``save_load_round_trip``: a saved file loads back into a fresh network exactly, and
+  ``state_dict_keys`` names exactly the module's tensors;
 - ``merge_matches_forward``: ``merge_weights`` gives the weight the patched forward implies;
 - ``extract_reproduces_delta``: ``extract`` of the type's own full-rank delta reproduces it.
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters_core.formats import load_adapter
+from adapters_core.matching import module_spec
 from adapters_core.network import Network
 from adapters_core.options import all_options
 from adapters_core.plugins import Registry, get_registry
@@ -106,12 +108,7 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dty
 
 
 def _delta(network: Network, name: str, layer: nn.Module) -> torch.Tensor:
-    delta = network.registry.hook.delta_weight(
-        network=network.network_type.name, tensors=network.module_tensors(name), weight_shape=layer.weight.shape
-    )
-    if delta is None:
-        raise AssertionError(f"type '{network.network_type.name}' implements no delta_weight")
-    return delta
+    return network.registry.delta_weight(network.network_type.name, network.module_tensors(name), layer.weight.shape)
 
 
 def identity_at_init(network: str, case: LayerCase, dtype: torch.dtype, registry: Registry) -> None:
@@ -143,6 +140,18 @@ def forward_matches_delta(network: str, case: LayerCase, dtype: torch.dtype, reg
     _assert_close(layer(x), expected, dtype, f"{network}/{case.kind}/{dtype}: patched forward vs base + delta")
 
 
+def _check_declared_keys(network: str, case: LayerCase, loaded: Network, registry: Registry) -> None:
+    """``state_dict_keys`` of a loaded module's spec names exactly the module's tensors."""
+    (name, _), = loaded.adapter_modules()
+    tensors = loaded.module_tensors(name)
+    read = registry.module_options_from_tensors(network, name, tensors)
+    if read is None:
+        raise AssertionError(f"{network}/{case.kind}: module_options_from_tensors does not read its own module")
+    declared = registry.state_dict_keys(network, module_spec(name, loaded.targets[name], read, loaded.options))
+    if set(declared) != set(tensors):
+        raise AssertionError(f"{network}/{case.kind}: state_dict_keys {sorted(declared)} vs the module's {sorted(tensors)}")
+
+
 def save_load_round_trip(network: str, case: LayerCase, dtype: torch.dtype, registry: Registry) -> None:
     layer = _layer(case, dtype)
     net = _network(network, case, layer, registry, dtype)
@@ -153,6 +162,7 @@ def save_load_round_trip(network: str, case: LayerCase, dtype: torch.dtype, regi
         tensors = load_adapter(path).tensors
     fresh = _target(case, _layer(case, dtype, seed=5))
     loaded = Network.from_weights(tensors, targets=[fresh], network=network, registry=registry)
+    _check_declared_keys(network, case, loaded, registry)
     original, restored = net.state_dict(), loaded.state_dict()
     if original.keys() != restored.keys():
         raise AssertionError(f"{network}/{case.kind}: keys differ after save/load: {sorted(original.keys() ^ restored.keys())}")
@@ -177,11 +187,9 @@ def extract_reproduces_delta(network: str, case: LayerCase, dtype: torch.dtype, 
     (name, _), = net.adapter_modules()
     delta = _delta(net, name, layer)
     full_rank = min(delta.shape[0], delta[0].numel())
-    tensors = registry.hook.extract(network=network, delta=delta, rank=full_rank, options={})
-    if tensors is None:
-        raise AssertionError(f"type '{network}' implements no extract")
+    tensors = registry.extract(network, delta, full_rank, {})
     tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
-    rebuilt = registry.hook.delta_weight(network=network, tensors=tensors, weight_shape=delta.shape)
+    rebuilt = registry.delta_weight(network, tensors, delta.shape)
     _assert_close(rebuilt, delta, dtype, f"{network}/{case.kind}/{dtype}: delta_weight(extract(delta)) vs delta")
 
 

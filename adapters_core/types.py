@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -41,3 +44,28 @@ class NetworkType:
 
 
 OptionsMapping = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """What the core resolved for one adapter module: the ``create_module`` and
+    ``state_dict_keys`` hooks receive it.
+
+    ``name`` is the kohya module name (``lora_unet_down_blocks_0_attentions_0_proj_in``),
+    ``layer`` the ``nn.Linear``/``nn.Conv2d`` it adapts. ``rank`` and ``alpha`` are this
+    module's (block-wise ranks applied; when loading a file, what
+    ``module_options_from_tensors`` read from its tensors; ``alpha`` ``None`` means alpha =
+    rank). ``block_index`` is 0..24 for the U-Net and -1 for the text encoder; ``layer_kind``
+    is ``"linear"``, ``"conv1x1"`` or ``"conv3x3"``; ``in_conv_block`` is true inside ResNet
+    blocks and samplers. ``options`` are the network's options after the type's
+    ``prepare_options`` (``--network_args`` such as ``dropout`` or DyLoRA's ``unit``).
+    """
+
+    name: str
+    layer: nn.Module
+    rank: int
+    alpha: float | None
+    block_index: int
+    layer_kind: str
+    in_conv_block: bool
+    options: OptionsMapping = field(default_factory=dict)

@@ -9,8 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapt_lora.family import LORA_KEYS, LoRAFamilyPlugin
+from adapt_lora.module import LoRAModule
 from adapters_core import NetworkOption, NetworkType, hookimpl
 from adapters_core.module import AdapterModule, merge_additive
+from adapters_core.types import ModuleSpec
 
 
 class FullDeltaModule(AdapterModule):
@@ -39,17 +42,17 @@ class FullDeltaPlugin:
                 self.name,
                 "full-rank weight difference (test plugin)",
                 options=(NetworkOption("conv_dim", int, 1, "adapt 3x3 convs when > 0"),),
-                kohya_module="tests.fulldelta",
+                kohya_module=f"tests.{self.name}",
             )
         )
 
     @hookimpl
-    def create_module(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]):
-        return FullDeltaModule(name, layer) if network == self.name else None
+    def create_module(self, network: str, spec: ModuleSpec):
+        return FullDeltaModule(spec.name, spec.layer) if network == self.name else None
 
     @hookimpl
-    def state_dict_keys(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]):
-        return [f"{name}.diff"] if network == self.name else None
+    def state_dict_keys(self, network: str, spec: ModuleSpec):
+        return ["diff"] if network == self.name else None
 
     @hookimpl
     def delta_weight(self, network: str, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size):
@@ -75,10 +78,42 @@ class FullDeltaPlugin:
 fulldelta = FullDeltaPlugin()
 
 
-class DuplicateLoRA:
+class MetadataOnlyPlugin(FullDeltaPlugin):
+    """The same type under another name, without a detector: found through ``ss_network_module`` only."""
+
+    name = "metaonly"
+    detect_network = None  # not a hook implementation: this plugin implements no detect_network
+
+
+class GainLoRAModule(LoRAModule):
+    """LoRA whose output is scaled by a stored ``gain``: its files hold LoRA's keys plus ``gain``."""
+
+    def __init__(self, spec: ModuleSpec) -> None:
+        super().__init__(spec.name, spec.layer, spec.rank, spec.alpha)
+        self.register_buffer("gain", torch.tensor(2.0))
+
+    def forward(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        return base + self.gain * (super().forward(x, base) - base)
+
+
+class GainLoRAPlugin(LoRAFamilyPlugin):
+    """A third-party type whose keys overlap LoRA's; it claims files that carry ``gain``."""
+
     @hookimpl
-    def register_networks(self, register: Callable[[NetworkType], None]) -> None:
-        register(NetworkType("lora", "a second 'lora'"))
+    def state_dict_keys(self, spec: ModuleSpec) -> list[str]:
+        return [*LORA_KEYS, "gain"]
+
+    @hookimpl
+    def delta_weight(self, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size) -> torch.Tensor:
+        return super().delta_weight(tensors, weight_shape) * tensors["gain"].float()
+
+    @hookimpl
+    def extract(self, delta: torch.Tensor, rank: int, options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return {**super().extract(delta, rank, options), "gain": torch.tensor(1.0)}
+
+    @hookimpl
+    def detect_network(self, keys: frozenset[str], metadata: Mapping[str, str]) -> str | None:
+        return self.network_type.name if any(key.endswith(".gain") for key in keys) else None
 
 
 class WrongSignature:
@@ -93,6 +128,33 @@ class MisspelledHook:
         return None
 
 
-duplicate = DuplicateLoRA()
+class SilentExtract(FullDeltaPlugin):
+    """A type whose extract gives no answer."""
+
+    name = "silent"
+
+    @hookimpl
+    def extract(self, network: str, delta: torch.Tensor, rank: int, options: Mapping[str, Any]):
+        return None
+
+
+class MissingRequiredHook:
+    """Registers a type but cannot compute its delta."""
+
+    @hookimpl
+    def register_networks(self, register: Callable[[NetworkType], None]) -> None:
+        register(NetworkType("nodelta", "a type without delta_weight"))
+
+    @hookimpl
+    def create_module(self, network: str, spec: ModuleSpec):
+        return None
+
+
+metaonly = MetadataOnlyPlugin()
+gainlora = GainLoRAPlugin(NetworkType("gainlora", "LoRA times a stored gain (test plugin)", kohya_module="tests.gainlora"),
+                          GainLoRAModule)
+missing_hook = MissingRequiredHook()
+silent = SilentExtract()
+duplicate = LoRAFamilyPlugin(NetworkType("lora", "a second 'lora'"))
 wrong_signature = WrongSignature()
 misspelled = MisspelledHook()

@@ -135,7 +135,7 @@ def test_lycoris_computes_the_same_forward():
 def test_files_are_detected_and_checked(assets):
     loaded = load_adapter(assets.a)
     assert any(key.endswith(".hada_w2_b") for key in loaded.tensors)
-    assert get_registry().hook.detect_network(keys=frozenset(loaded.tensors), metadata={}) == "loha"
+    assert get_registry().detect(loaded.tensors, {}) == "loha"
     model = build_tiny_model()
     network = Network.from_file(assets.a, unet=model.unet, text_encoder=model.text_encoder)
     assert network.network_type.name == "loha" and len(list(network.adapter_modules())) == 129
@@ -172,8 +172,7 @@ def test_svd_merge_at_full_rank_is_exact(assets, tmp_path):
     # each LoHa delta has rank <= dim**2 = 4, so rank 8 holds the sum exactly
     invoke("svd-merge", "--models", assets.a, assets.b, "--ratios", "1", "0.5", "--new_rank", "8",
            "--save_to", tmp_path / "svd.safetensors")
-    assert get_registry().hook.detect_network(
-        keys=frozenset(load_adapter(tmp_path / "svd.safetensors").tensors), metadata={}) == "loha"
+    assert get_registry().detect(load_adapter(tmp_path / "svd.safetensors").tensors, {}) == "loha"
     assert_close(patched((tmp_path / "svd.safetensors", 1.0)), patched((assets.a, 1.0), (assets.b, 0.5)), 1e-3)
 
 

@@ -13,6 +13,7 @@ from adapters_core.lora_keys import ALPHA, DOWN, UP, resolve_alpha
 from adapters_core.lora_set import module_tensors
 from adapters_core.ops.factors import factors_of
 from adapters_core.plugins import get_registry
+from adapters_core.types import ModuleSpec
 
 
 @pytest.mark.parametrize(
@@ -38,11 +39,13 @@ def test_every_reader_of_lora_tensors_agrees(stored):
     tensors = {DOWN: down, UP: up} if stored is None else {DOWN: down, UP: up, ALPHA: torch.tensor(stored)}
     expected = 4.0 if not stored else stored
     registry = get_registry()
-    options = registry.hook.module_options_from_tensors(network="lora", name="m", tensors=tensors)
+    options = registry.module_options_from_tensors("lora", "m", tensors)
     assert options == {"dim": 4, "alpha": expected}
-    module = registry.hook.create_module(network="lora", name="m", layer=nn.Linear(6, 5), options=options)
+    spec = ModuleSpec("m", nn.Linear(6, 5), options["dim"], options["alpha"], 0, "linear", False)
+    module = registry.create_module("lora", spec)
+    assert module is not None
     assert float(module.alpha) == expected
     assert factors_of("lora", tensors).alpha == expected
     assert float(module_tensors(down, up, stored)[ALPHA]) == expected
-    delta = registry.hook.delta_weight(network="lora", tensors=tensors, weight_shape=torch.Size((5, 6)))
+    delta = registry.delta_weight("lora", tensors, torch.Size((5, 6)))
     torch.testing.assert_close(delta, up @ down * (expected / 4))

@@ -122,6 +122,19 @@ def test_dylora_trains_one_unit_per_step():
     assert torch.allclose(layer(x), expected, atol=1e-5)
 
 
+def test_dylora_units_come_from_the_global_generator_module_by_module():
+    """Each step every module draws one number from torch's generator, in network order (as kohya)."""
+    model = build_tiny_model()
+    net = Network.create("dylora", unet=model.unet, text_encoder=model.text_encoder,
+                         options={"network_dim": 8, "unit": 2})
+    torch.manual_seed(11)
+    net.on_train_step(5)
+    torch.manual_seed(11)
+    draws = [int(torch.randint(0, 8, ())) for _ in net.adapter_modules()]
+    assert [module.unit_start for _, module in net.adapter_modules()] == [b - b % 2 for b in draws]
+    assert len(set(draws)) > 1
+
+
 def test_dropouts_only_in_training(model):
     net = randomize(Network.create("lora", unet=None, text_encoder=model.text_encoder, options={"dropout": 0.5, "rank_dropout": 0.5, "module_dropout": 0.5}))
     net.apply()

@@ -87,3 +87,77 @@ def test_networks_command_lists_types_with_distribution_and_options(capsys, fake
     assert "dylora  [adapt 0.1.0]" in out and "unit=int (default 1)" in out
     assert "fulldelta  [adapt-test-plugins 9.9]" in out
     assert "block_dims" in out
+
+
+def test_a_type_without_a_required_hook_fails_at_registration(fake_entry_points):
+    with pytest.raises(PluginError) as info:
+        fake_entry_points({"bad": "fake_plugins:missing_hook"})
+    assert str(info.value) == (
+        "plugin 'bad' (fake_plugins:missing_hook) from distribution adapt-test-plugins 9.9: "
+        "network type 'nodelta' lacks the required hooks state_dict_keys, delta_weight, extract, "
+        "module_options_from_tensors"
+    )
+
+
+def test_a_hook_without_an_answer_names_the_plugin(fake_entry_points):
+    registry = fake_entry_points({"silent": "fake_plugins:silent"})
+    with pytest.raises(PluginError, match=r"^plugin 'silent' \(fake_plugins:silent\) from distribution "
+                       r"adapt-test-plugins 9.9: hook 'extract' gave no answer for type 'silent'$"):
+        registry.extract("silent", torch.ones(3, 2), 1, {})
+
+
+def test_hooks_reach_only_the_owning_plugin_and_the_core_default_merges(fake_entry_points):
+    registry = fake_entry_points({"fulldelta": "fake_plugins:fulldelta", "silent": "fake_plugins:silent"})
+    calls: list[str] = []
+    registry.pm.add_hookcall_monitoring(lambda name, impls, kwargs: calls.extend(i.plugin_name for i in impls),
+                                        lambda *args: None)
+    tensors = {"lora_down.weight": torch.ones(2, 3), "lora_up.weight": torch.ones(4, 2), "alpha": torch.tensor(1.0)}
+    weight = torch.zeros(4, 3)
+    merged = registry.merge_weights("lora", tensors, weight, 0.5)  # LierLa implements no merge_weights
+    assert torch.equal(merged, 0.5 * registry.delta_weight("lora", tensors, weight.shape))
+    assert torch.equal(merged, torch.full((4, 3), 0.5))  # 0.5 * (1/2) * (ones @ ones)
+    assert set(calls) == {"lora", "adapt.core"}  # neither fulldelta nor silent nor c3lier was asked
+
+
+def test_a_third_party_type_whose_keys_overlap_loras_is_detected_first(fake_entry_points, tmp_path):
+    from adapters_core.models import build_tiny_model
+
+    registry = fake_entry_points({"gainlora": "fake_plugins:gainlora"})
+    model = build_tiny_model()
+    net = Network.create("gainlora", unet=model.unet, options={"network_dim": 2}, registry=registry)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.normal_(std=0.05)
+    net.save(tmp_path / "gain.safetensors")  # keys: LoRA's, plus .gain; no metadata
+    keys = set(net.state_dict())
+    assert any(key.endswith(".lora_down.weight") for key in keys) and any(key.endswith(".gain") for key in keys)
+    assert registry.detect(keys, {}) == "gainlora"
+    assert registry.detect({key for key in keys if not key.endswith(".gain")}, {}) == "lora"
+    fresh = build_tiny_model()
+    loaded = Network.from_file(tmp_path / "gain.safetensors", unet=fresh.unet)
+    assert loaded.network_type.name == "gainlora" and not loaded.unmatched_keys
+    name, module = next(loaded.adapter_modules())
+    layer = loaded.targets[name].layer
+    before = layer.weight.detach().clone()
+    loaded.merge_to()  # the core's default merge, on the type's own delta (gain included)
+    product = module.lora_up.weight.flatten(1) @ module.lora_down.weight.flatten(1)
+    expected = before + 2.0 * module.scale * product.reshape(before.shape)  # gain 2 times LoRA's delta
+    assert torch.allclose(layer.weight, expected, atol=1e-6)
+
+
+def test_metadata_names_the_type_before_keys_are_read(fake_entry_points, tmp_path):
+    from adapters_core.errors import FormatError
+    from adapters_core.models import build_tiny_model
+
+    registry = fake_entry_points({"metaonly": "fake_plugins:metaonly"})
+    model = build_tiny_model()
+    net = Network.create("metaonly", text_encoder=model.text_encoder, registry=registry)
+    net.save(tmp_path / "named.safetensors", metadata={"ss_network_module": "tests.metaonly"})
+    net.save(tmp_path / "anonymous.safetensors")
+    assert registry.detect(net.state_dict(), {"ss_network_module": "tests.metaonly"}) == "metaonly"
+    fresh = build_tiny_model()
+    assert Network.from_file(tmp_path / "named.safetensors", text_encoder=fresh.text_encoder).network_type.name == "metaonly"
+    with pytest.raises(FormatError, match="diff: full weight difference .* is not implemented by any installed"):
+        Network.from_file(tmp_path / "anonymous.safetensors", text_encoder=fresh.text_encoder)
+    # a kohya LoRA file whose metadata names a type that does not claim it stays LoRA
+    assert registry.detect({"lora_te_x.lora_down.weight"}, {"ss_network_module": "networks.dylora"}) == "lora"

@@ -21,16 +21,17 @@ from torch import nn
 
 from adapters_core.adapter_source import read_adapter_file
 from adapters_core.blocks import BlockMultipliers, block_multipliers_per_file, module_ratio
-from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError, UnknownNetworkError
+from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError
 from adapters_core.features import refuse_features
 from adapters_core.keys import normalize_module_name
 from adapters_core.lora_keys import resolve_alpha
-from adapters_core.matching import detect_file_network, loadable_targets
+from adapters_core.matching import detect_file_network, loadable_targets, module_spec
 from adapters_core.metadata import family_from_metadata
 from adapters_core.network import split_module_keys
 from adapters_core.ops.factors import factors_of
 from adapters_core.plugins import get_registry
 from adapters_core.progress import progress, progress_bar  # noqa: F401 (the ops import them from here)
+from adapters_core.targets import Target
 
 if TYPE_CHECKING:
     from adapters_core.family import ModelFamily
@@ -70,17 +71,16 @@ def _refuse_unread_features(network: str, name: str, tensors: ModuleTensors, sou
     """Stop on a module whose keys carry a feature (DoRA, Tucker, ...) its type does not read.
 
     These tools have no model, so the type is asked for its keys with a stand-in layer."""
-    hook = get_registry().hook
-    options = hook.module_options_from_tensors(network=network, name=name, tensors=tensors)
+    registry = get_registry()
+    options = registry.module_options_from_tensors(network, name, tensors)
     if options is None:
         refuse_features(source, name, tensors)
         return
-    expected = hook.state_dict_keys(network=network, name=name, layer=_STAND_IN_LAYER, options=options)
-    if expected is not None:  # a type that declares no keys reads what it reads
-        refuse_features(source, name, set(tensors) - {key[len(name) + 1:] for key in expected})
+    spec = module_spec(name, _STAND_IN_TARGET, options, {})
+    refuse_features(source, name, set(tensors) - set(registry.state_dict_keys(network, spec)))
 
 
-_STAND_IN_LAYER = nn.Linear(1, 1, device="meta")
+_STAND_IN_TARGET = Target("stand_in", nn.Linear(1, 1, device="meta"), "unet", -1, "linear", in_conv_block=False)
 
 
 def read_adapter(path: str | os.PathLike[str]) -> Adapter:
@@ -125,7 +125,7 @@ def union_names(adapters: Iterable[Adapter]) -> list[str]:
 
 def dim_alpha(network: str, name: str, tensors: Mapping[str, torch.Tensor]) -> tuple[int, float]:
     """A module's rank and effective alpha (None or 0 means alpha = rank, as kohya reads files)."""
-    options = get_registry().hook.module_options_from_tensors(network=network, name=name, tensors=tensors)
+    options = get_registry().module_options_from_tensors(network, name, tensors)
     if options is None:
         raise FormatError(
             f"{name}: network type '{network}' does not recognise its tensors ({', '.join(sorted(tensors))})"
@@ -139,20 +139,15 @@ def module_delta(
 ) -> torch.Tensor:
     """The ``delta_weight`` hook in float32 (multiplier 1, the type's own scale included)."""
     try:
-        delta = get_registry().hook.delta_weight(network=network, tensors=tensors, weight_shape=shape)
+        delta = get_registry().delta_weight(network, tensors, shape)
     except KeyError as missing:
         raise FormatError(f"{name}: lacks the tensor {missing} that type '{network}' needs") from None
-    if delta is None:
-        raise UnknownNetworkError(f"network type '{network}': no installed plugin computes its delta_weight")
     return delta.float()
 
 
 def extract_module(network: str, delta: torch.Tensor, rank: int, options: Mapping[str, Any]) -> ModuleTensors:
     """The ``extract`` hook: module tensors of type ``network`` approximating ``delta`` at ``rank``."""
-    tensors = get_registry().hook.extract(network=network, delta=delta, rank=rank, options=options)
-    if tensors is None:
-        raise UnknownNetworkError(f"network type '{network}': no installed plugin extracts modules from a delta")
-    return dict(tensors)
+    return get_registry().extract(network, delta, rank, options)
 
 
 def layer_weight(layer: nn.Module) -> torch.Tensor:

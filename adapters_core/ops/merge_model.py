@@ -22,7 +22,7 @@ import torch
 
 from adapters_core.atomic import atomic_path, check_writable
 from adapters_core.choices import CHECKPOINT_OUTPUT_SUFFIXES
-from adapters_core.errors import FormatError, ModelLoadError, NonFiniteError, ShapeMismatchError, UnknownNetworkError
+from adapters_core.errors import FormatError, ModelLoadError, NonFiniteError, ShapeMismatchError
 from adapters_core.formats import precision_dtype
 from adapters_core.matching import UnmatchedKeysError, loadable_targets
 from adapters_core.metadata import modelspec_metadata
@@ -43,13 +43,9 @@ def merge_module(
     who checks the tensor it saves once, after every adapter and the cast to the save dtype.
     """
     try:
-        merged = get_registry().hook.merge_weights(
-            network=adapter.network, tensors=adapter.modules[name], weight=weight, ratio=adapter.ratio(ratio, name)
-        )
+        merged = get_registry().merge_weights(adapter.network, adapter.modules[name], weight, adapter.ratio(ratio, name))
     except KeyError as missing:
         raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
-    if merged is None:
-        raise UnknownNetworkError(f"network type '{adapter.network}': no installed plugin merges its modules")
     if check_finite:
         require_finite(merged, f"{adapter.path}: {name}")
     return merged
@@ -67,16 +63,16 @@ def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> 
 
     A type whose hook cannot run on "meta" is checked once for real before it is blamed.
     """
-    hook = get_registry().hook.merge_weights
+    merge = get_registry().merge_weights
     tensors = adapter.modules[name]
     on_meta = {k: v if v.dim() == 0 else v.to("meta") for k, v in tensors.items()}
     try:
-        hook(network=adapter.network, tensors=on_meta, weight=torch.empty(shape, device="meta"), ratio=1.0)
+        merge(adapter.network, on_meta, torch.empty(shape, device="meta"), 1.0)
         return
     except Exception:  # noqa: BLE001 - any failure is confirmed below with real tensors
         pass
     try:
-        hook(network=adapter.network, tensors=tensors, weight=torch.zeros(shape), ratio=1.0)
+        merge(adapter.network, tensors, torch.zeros(shape), 1.0)
     except KeyError as missing:
         raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
     except (RuntimeError, ValueError, ShapeMismatchError) as error:

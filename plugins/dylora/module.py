@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 
 from adapt_lora.module import LoRAModule
 from adapters_core.errors import NetworkOptionError
+from adapters_core.types import ModuleSpec
 
 
 def unit_slice(weight: torch.Tensor, start: int, stop: int, dim: int) -> torch.Tensor:
@@ -39,6 +39,10 @@ class DyLoRAModule(LoRAModule):
         b = int(torch.randint(0, self.lora_dim, (), generator=generator))
         self.unit_start = b - b % self.unit
 
+    def on_train_step(self, step: int) -> None:
+        """Each step trains one random rank unit (from torch's global generator, seeded per step)."""
+        self.sample_unit()
+
     def factors(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         down, up, scale = super().factors()
         if not self.training:
@@ -51,12 +55,13 @@ class DyLoRAModule(LoRAModule):
         )
 
 
-def build_dylora_module(name: str, layer: nn.Module, options: Mapping[str, Any]) -> DyLoRAModule:
+def build_dylora_module(spec: ModuleSpec) -> DyLoRAModule:
+    options = spec.options
     return DyLoRAModule(
-        name,
-        layer,
-        int(options["dim"]),
-        options.get("alpha"),
+        spec.name,
+        spec.layer,
+        spec.rank,
+        spec.alpha,
         int(options.get("unit") or 1),
         dropout=options.get("dropout"),
         rank_dropout=options.get("rank_dropout"),

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from adapt_lora.family import CONV_OPTIONS, DROPOUT_OPTIONS, LoRAFamilyPlugin
 from adapters_core.errors import NetworkOptionError
-from adapters_core.plugins import hookimpl
-from adapters_core.types import NetworkOption, NetworkType
+from adapters_core.types import ModuleSpec, NetworkOption, NetworkType
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from adapt_dylora.module import DyLoRAModule
-    from adapters_core.network import Network
 
 
 def check_dylora_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -44,22 +39,11 @@ DYLORA = NetworkType(
 )
 
 
-def build_dylora_module(name: str, layer: nn.Module, options: Mapping[str, Any]) -> DyLoRAModule:
+def build_dylora_module(spec: ModuleSpec) -> DyLoRAModule:
     from adapt_dylora.module import build_dylora_module as build  # torch only when a module is made
 
-    return build(name, layer, options)
+    return build(spec)
 
 
-class DyLoRAPlugin(LoRAFamilyPlugin):
-    @hookimpl
-    def on_train_step(self, network: Network, step: int) -> None:
-        if network.network_type.name != DYLORA.name:
-            return
-        from adapt_dylora.module import DyLoRAModule
-
-        for _, module in network.adapter_modules():
-            if isinstance(module, DyLoRAModule):
-                module.sample_unit()
-
-
-plugin = DyLoRAPlugin(DYLORA, build_dylora_module)
+# The module samples its rank unit each step (DyLoRAModule.on_train_step); files read as lora.
+plugin = LoRAFamilyPlugin(DYLORA, build_dylora_module)

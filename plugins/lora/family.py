@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters_core.lora_keys import ALPHA, DOWN, LORA_KEYS, UP, resolve_alpha
 from adapters_core.plugins import hookimpl
-from adapters_core.types import NetworkOption, NetworkType
+from adapters_core.types import ModuleSpec, NetworkOption, NetworkType
 
 if TYPE_CHECKING:
     import torch
@@ -31,17 +31,18 @@ CONV_OPTIONS: tuple[NetworkOption, ...] = (
     NetworkOption("conv_alpha", float, None, "alpha of 3x3 conv modules (default 1)"),
 )
 
-ModuleFactory = Callable[[str, "nn.Module", Mapping[str, Any]], "nn.Module"]
+ModuleFactory = Callable[["ModuleSpec"], "nn.Module"]
 
 
-def build_lora_module(name: str, layer: nn.Module, options: Mapping[str, Any]) -> LoRAModule:
+def build_lora_module(spec: ModuleSpec) -> LoRAModule:
     from adapt_lora.module import LoRAModule
 
+    options = spec.options
     return LoRAModule(
-        name,
-        layer,
-        int(options["dim"]),
-        options.get("alpha"),
+        spec.name,
+        spec.layer,
+        spec.rank,
+        spec.alpha,
         dropout=options.get("dropout"),
         rank_dropout=options.get("rank_dropout"),
         module_dropout=options.get("module_dropout"),
@@ -49,7 +50,12 @@ def build_lora_module(name: str, layer: nn.Module, options: Mapping[str, Any]) -
 
 
 class LoRAFamilyPlugin:
-    """Hook implementations for one LoRA-keyed type; answers only for ``network_type.name``."""
+    """Hook implementations for one LoRA-keyed type (the host asks it about ``network_type`` only).
+
+    ``detects``: whether files with kohya LoRA keys are read as this type. Only LierLa
+    claims them: C3Lier and DyLoRA write ordinary LoRA files, which every tool reads as
+    ``lora`` (so, e.g., a resized DyLoRA file records ``networks.lora``, as kohya's does).
+    """
 
     def __init__(
         self, network_type: NetworkType, module_factory: ModuleFactory = build_lora_module, *, detects: bool = False
@@ -58,55 +64,30 @@ class LoRAFamilyPlugin:
         self.module_factory = module_factory
         self.detects = detects
 
-    def _mine(self, network: str) -> bool:
-        return network == self.network_type.name
-
     @hookimpl
     def register_networks(self, register: Callable[[NetworkType], None]) -> None:
         register(self.network_type)
 
     @hookimpl
-    def create_module(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]) -> nn.Module | None:
+    def create_module(self, spec: ModuleSpec) -> nn.Module | None:
         from torch import nn
 
-        if not self._mine(network) or not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        if not isinstance(spec.layer, (nn.Linear, nn.Conv2d)):
             return None
-        return self.module_factory(name, layer, options)
+        return self.module_factory(spec)
 
     @hookimpl
-    def state_dict_keys(self, network: str, name: str, layer: nn.Module, options: Mapping[str, Any]) -> list[str] | None:
-        if not self._mine(network):
-            return None
-        return [f"{name}.{key}" for key in LORA_KEYS]
+    def state_dict_keys(self, spec: ModuleSpec) -> list[str]:
+        return list(LORA_KEYS)
 
     @hookimpl
-    def delta_weight(
-        self, network: str, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size
-    ) -> torch.Tensor | None:
-        if not self._mine(network):
-            return None
+    def delta_weight(self, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size) -> torch.Tensor:
         from adapt_lora.math import lora_delta
 
         return lora_delta(tensors[UP], tensors[DOWN], tensors.get(ALPHA), weight_shape)
 
     @hookimpl
-    def merge_weights(
-        self, network: str, tensors: Mapping[str, torch.Tensor], weight: torch.Tensor, ratio: float
-    ) -> torch.Tensor | None:
-        if not self._mine(network):
-            return None
-        from adapt_lora.math import lora_delta
-        from adapters_core.module import merge_additive
-
-        delta = lora_delta(tensors[UP], tensors[DOWN], tensors.get(ALPHA), weight.shape)
-        return merge_additive(weight, delta, ratio)
-
-    @hookimpl
-    def extract(
-        self, network: str, delta: torch.Tensor, rank: int, options: Mapping[str, Any]
-    ) -> dict[str, torch.Tensor] | None:
-        if not self._mine(network):
-            return None
+    def extract(self, delta: torch.Tensor, rank: int, options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         from adapt_lora.math import lora_factors
 
         return lora_factors(
@@ -119,15 +100,13 @@ class LoRAFamilyPlugin:
         )
 
     @hookimpl
-    def module_options_from_tensors(
-        self, network: str, name: str, tensors: Mapping[str, torch.Tensor]
-    ) -> dict[str, Any] | None:
-        if not self._mine(network) or DOWN not in tensors:
+    def module_options_from_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
+        if DOWN not in tensors:
             return None
         dim = int(tensors[DOWN].shape[0])
         return {"dim": dim, "alpha": resolve_alpha(tensors.get(ALPHA), dim)}
 
-    @hookimpl
+    @hookimpl(trylast=True)  # the catch-all: a type whose keys overlap LoRA's is asked first
     def detect_network(self, keys: frozenset[str], metadata: Mapping[str, str]) -> str | None:
         if not self.detects:
             return None

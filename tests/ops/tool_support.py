@@ -22,16 +22,11 @@ from adapt_cli.commands.resize import resize  # noqa: E402
 from adapt_cli.commands.svd_merge import svd_merge  # noqa: E402
 from adapters_core.formats import save_adapter  # noqa: E402
 from adapters_core.models import SDModel, build_tiny_model, write_tiny_model  # noqa: E402
-from adapters_core.module import merge_additive  # noqa: E402
+from adapters_core.module import AdapterModule  # noqa: E402
 from adapters_core.network import resolve_model  # noqa: E402
-from adapters_core.plugins import (  # noqa: E402
-    LoadedPlugin,
-    get_registry,  # noqa: E402
-    hookimpl,
-    reset_registry,
-)
+from adapters_core.plugins import LoadedPlugin, get_registry, hookimpl, reset_registry  # noqa: E402
 from adapters_core.targets import Target, model_targets  # noqa: E402
-from adapters_core.types import NetworkType  # noqa: E402
+from adapters_core.types import ModuleSpec, NetworkType  # noqa: E402
 
 TOOL_COMMANDS = (merge, svd_merge, extract, resize, inspect)
 
@@ -140,6 +135,24 @@ def truncation_error(matrix: torch.Tensor, rank: int) -> float:
 FULLDELTA = NetworkType(name="fulldelta", description="test type: the delta itself", kohya_module="tests.fulldelta")
 
 
+class FullDeltaModule(AdapterModule):
+    """The delta itself as a parameter (zeros at init), applied through the layer's own operation."""
+
+    def __init__(self, spec: ModuleSpec) -> None:
+        super().__init__(spec.name)
+        weight = spec.layer.weight
+        self.weight_shape = weight.shape
+        self.conv = isinstance(spec.layer, torch.nn.Conv2d)
+        self.conv_args = (spec.layer.stride, spec.layer.padding) if self.conv else ()
+        self.diff = torch.nn.Parameter(torch.zeros(weight.shape[0], weight[0].numel(), device=weight.device))
+        self.register_buffer("rank", torch.tensor(float(spec.rank)))
+
+    def forward(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        weight = (self.diff.reshape(self.weight_shape) * self.multiplier).to(x.dtype)
+        out = torch.nn.functional.conv2d(x, weight, None, *self.conv_args) if self.conv else x @ weight.T
+        return base + out.to(base.dtype)
+
+
 class FullDeltaPlugin:
     """Module tensors ``diff`` (the delta, [out, in*kh*kw]) and ``rank`` (0-d)."""
 
@@ -148,34 +161,26 @@ class FullDeltaPlugin:
         register(FULLDELTA)
 
     @hookimpl
-    def delta_weight(
-        self, network: str, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size
-    ) -> torch.Tensor | None:
-        if network != FULLDELTA.name:
-            return None
+    def create_module(self, spec: ModuleSpec) -> AdapterModule:
+        return FullDeltaModule(spec)
+
+    @hookimpl
+    def state_dict_keys(self, spec: ModuleSpec) -> list[str]:
+        return ["diff", "rank"]
+
+    @hookimpl
+    def delta_weight(self, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size) -> torch.Tensor:
         return tensors["diff"].float().reshape(weight_shape)
 
     @hookimpl
-    def merge_weights(
-        self, network: str, tensors: Mapping[str, torch.Tensor], weight: torch.Tensor, ratio: float
-    ) -> torch.Tensor | None:
-        if network != FULLDELTA.name:
-            return None
-        return merge_additive(weight, tensors["diff"].float().reshape(weight.shape), ratio)
-
-    @hookimpl
-    def extract(self, network: str, delta: torch.Tensor, rank: int, options: Mapping[str, object]) -> dict | None:
-        if network != FULLDELTA.name:
-            return None
+    def extract(self, delta: torch.Tensor, rank: int, options: Mapping[str, object]) -> dict:
         matrix = delta.reshape(delta.shape[0], -1).float()
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
         k = min(rank, s.shape[0])
         return {"diff": (u[:, :k] * s[:k]) @ vh[:k], "rank": torch.tensor(float(k))}
 
     @hookimpl
-    def module_options_from_tensors(self, network: str, name: str, tensors: Mapping[str, torch.Tensor]) -> dict | None:
-        if network != FULLDELTA.name:
-            return None
+    def module_options_from_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> dict | None:
         return {"dim": int(tensors["rank"]), "alpha": float(tensors["rank"])}
 
     @hookimpl

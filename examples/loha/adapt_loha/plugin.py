@@ -1,7 +1,8 @@
-"""The ``loha`` network type: every per-type hook of adapt, implemented for LoHa.
+"""The ``loha`` network type: the hooks of adapt, implemented for LoHa.
 
-This module is the plugin object (the ``adapt.networks`` entry point names it). Each hook is
-asked for every type in turn: it answers for ``loha`` and returns ``None`` for any other.
+This module is the plugin object (the ``adapt.networks`` entry point names it). adapt asks
+it only about the type it registers, so the hooks leave out the ``network`` argument.
+``merge_weights`` is not implemented: the core's default (``weight + ratio * delta``) fits.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from adapt_loha.math import KEYS, loha_delta, loha_factors
 from adapt_loha.module import LoHaModule
 from adapters_core import hookimpl
 from adapters_core.lora_keys import resolve_alpha
-from adapters_core.module import merge_additive
-from adapters_core.types import NetworkOption, NetworkType
+from adapters_core.types import ModuleSpec, NetworkOption, NetworkType
 
 NAME = "loha"
 # LyCORIS-only features this plugin does not implement: a file using them is not loaded as LoHa.
@@ -35,7 +35,25 @@ LOHA = NetworkType(
 )
 
 
-def _delta(tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size) -> torch.Tensor:
+@hookimpl
+def register_networks(register: Callable[[NetworkType], None]) -> None:
+    register(LOHA)
+
+
+@hookimpl
+def create_module(spec: ModuleSpec) -> nn.Module | None:
+    if not isinstance(spec.layer, (nn.Linear, nn.Conv2d)):
+        return None
+    return LoHaModule(spec.name, spec.layer, spec.rank, spec.alpha)
+
+
+@hookimpl
+def state_dict_keys(spec: ModuleSpec) -> list[str]:
+    return list(KEYS)
+
+
+@hookimpl
+def delta_weight(tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size) -> torch.Tensor:
     return loha_delta(
         tensors["hada_w1_a"], tensors["hada_w1_b"], tensors["hada_w2_a"], tensors["hada_w2_b"],
         tensors.get("alpha"), weight_shape,
@@ -43,44 +61,7 @@ def _delta(tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size) -> tor
 
 
 @hookimpl
-def register_networks(register: Callable[[NetworkType], None]) -> None:
-    register(LOHA)
-
-
-@hookimpl
-def create_module(network: str, name: str, layer: nn.Module, options: Mapping[str, Any]) -> nn.Module | None:
-    if network != NAME or not isinstance(layer, (nn.Linear, nn.Conv2d)):
-        return None
-    return LoHaModule(name, layer, int(options["dim"]), options.get("alpha"))
-
-
-@hookimpl
-def state_dict_keys(network: str, name: str, layer: nn.Module, options: Mapping[str, Any]) -> list[str] | None:
-    if network != NAME:
-        return None
-    return [f"{name}.{key}" for key in KEYS]
-
-
-@hookimpl
-def delta_weight(network: str, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size) -> torch.Tensor | None:
-    if network != NAME:
-        return None
-    return _delta(tensors, weight_shape)
-
-
-@hookimpl
-def merge_weights(
-    network: str, tensors: Mapping[str, torch.Tensor], weight: torch.Tensor, ratio: float
-) -> torch.Tensor | None:
-    if network != NAME:
-        return None
-    return merge_additive(weight, _delta(tensors, weight.shape), ratio)
-
-
-@hookimpl
-def extract(network: str, delta: torch.Tensor, rank: int, options: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
-    if network != NAME:
-        return None
+def extract(delta: torch.Tensor, rank: int, options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return loha_factors(
         delta, rank, alpha=options.get("alpha"), method=options.get("svd", "exact"),
         clamp_quantile=options.get("clamp_quantile"),
@@ -88,8 +69,8 @@ def extract(network: str, delta: torch.Tensor, rank: int, options: Mapping[str, 
 
 
 @hookimpl
-def module_options_from_tensors(network: str, name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
-    if network != NAME or "hada_w1_b" not in tensors or any(key in tensors for key in _UNSUPPORTED):
+def module_options_from_tensors(name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
+    if "hada_w1_b" not in tensors or any(key in tensors for key in _UNSUPPORTED):
         return None
     dim = int(tensors["hada_w1_b"].shape[0])
     return {"dim": dim, "alpha": resolve_alpha(tensors.get("alpha"), dim)}
