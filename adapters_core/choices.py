@@ -41,3 +41,6 @@ GRID_AXIS_KINDS = ("adapter", "mul", "blocks", "prompt", "seed", "steps", "cfg",
 
 SAMPLER_NAMES = ("ddim", "pndm", "euler", "euler_a", "dpmsolver++", "dpm", "lms", "ddpm", "heun")
 """``generate --sampler`` / ``--sample_sampler``: the diffusers schedulers adapt builds."""
+
+# Image files a dataset folder may hold (training reads them, resize-images converts them).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -235,8 +235,8 @@ class Network(nn.Module):
         allow_unmatched: bool = False,
     ) -> Network:
         """Load an adapter onto the given models: a kohya/LyCORIS file (safetensors, ckpt or
-        pt), a diffusers LoRA or a PEFT adapter folder (see :mod:`adapters_core.adapter_source`)."""
-        from adapters_core.adapter_source import read_adapter_file
+        pt), a diffusers LoRA or a PEFT adapter folder (see :mod:`adapters_core.interop.adapter_source`)."""
+        from adapters_core.interop.adapter_source import read_adapter_file
 
         loaded = read_adapter_file(path)
         return cls.from_weights(

@@ -16,9 +16,9 @@ from adapt_cli.commands.generate import generate
 from adapters_core.api import load_networks
 from adapters_core.errors import ConfigError, FormatError
 from adapters_core.formats import save_adapter
-from adapters_core.generate import GenerationSettings
-from adapters_core.generate import generate as generate_images
-from adapters_core.generate_prompts import PromptJob
+from adapters_core.generate.images import GenerationSettings
+from adapters_core.generate.images import generate as generate_images
+from adapters_core.generate.prompts import PromptJob
 from adapters_core.models import build_tiny_model, load_sd_model, to_pipeline, write_tiny_model
 from adapters_core.network import Network
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from adapters_core.errors import ConfigError, OutputExistsError
 from adapters_core.formats import load_metadata, save_adapter
-from adapters_core.generate_png import (
+from adapters_core.generate.png import (
     NetworkInfo,
     a1111_parameters,
     adapter_short_hash,
@@ -20,7 +20,7 @@ from adapters_core.generate_png import (
     next_image_index,
     save_png,
 )
-from adapters_core.generate_prompts import PromptJob, parse_prompt_line, read_prompts_file
+from adapters_core.generate.prompts import PromptJob, parse_prompt_line, read_prompts_file
 
 BASE = PromptJob(prompt="", negative_prompt="lowres", width=512, height=512, steps=20, scale=7.0)
 

@@ -11,9 +11,9 @@ from helpers import randomize
 from PIL import Image
 
 from adapt_cli.main import main
-from adapters_core.generate_png import PARAMETERS_KEY
-from adapters_core.grid import GRID_KEY, make_grid, parse_axis
-from adapters_core.grid_image import GridLayout, display_scale
+from adapters_core.generate.grid import GRID_KEY, make_grid, parse_axis
+from adapters_core.generate.grid_image import GridLayout, display_scale
+from adapters_core.generate.png import PARAMETERS_KEY
 from adapters_core.models import build_tiny_model, write_tiny_model
 from adapters_core.network import Network
 
@@ -95,7 +95,7 @@ def test_grid_cells_equal_adapt_generate(assets, tmp_path, capsys) -> None:
 
 
 def test_grid_streams_one_pipeline_and_loads_each_adapter_once(assets, tmp_path, monkeypatch) -> None:
-    import adapters_core.grid as grid_module
+    import adapters_core.generate.grid as grid_module
 
     loads: list[str] = []
     real = grid_module.load_networks
@@ -105,9 +105,9 @@ def test_grid_streams_one_pipeline_and_loads_each_adapter_once(assets, tmp_path,
         return real(pipe, paths, *args, **kwargs)
 
     monkeypatch.setattr(grid_module, "load_networks", counting)
-    from adapters_core.generate import GenerationSettings
-    from adapters_core.generate_prompts import PromptJob
-    from adapters_core.grid import GridRequest
+    from adapters_core.generate.grid import GridRequest
+    from adapters_core.generate.images import GenerationSettings
+    from adapters_core.generate.prompts import PromptJob
     from adapters_core.models import load_sd_model
 
     axes = [parse_axis("mul=0.5,1", "--x"), parse_axis(f"adapter={assets.root}/run-1*.safetensors", "--y"),

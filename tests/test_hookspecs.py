@@ -60,7 +60,7 @@ def test_only_the_registry_calls_hooks():
     root = Path(__file__).resolve().parents[1]
     callers = [
         str(path.relative_to(root))
-        for folder in ("adapters_core", "cli", "plugins", "examples")
+        for folder in ("adapters_core", "adapt_cli", "plugins", "examples")
         for path in (root / folder).rglob("*.py")
         if ".hook." in path.read_text(encoding="utf-8") and path != root / "adapters_core" / "plugins.py"
     ]

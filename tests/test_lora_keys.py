@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from adapters_core.interop.lora_set import module_tensors
 from adapters_core.lora_keys import ALPHA, DOWN, UP, resolve_alpha
-from adapters_core.lora_set import module_tensors
 from adapters_core.ops.factors import factors_of
 from adapters_core.plugins import get_registry
 from adapters_core.types import ModuleSpec

@@ -14,7 +14,7 @@ import pytest
 
 from adapt_cli.commands.generate import generate
 from adapters_core.errors import ConfigError
-from adapters_core.generate_prompts import PromptJob, parse_prompt_line, read_prompts_file
+from adapters_core.generate.prompts import PromptJob, parse_prompt_line, read_prompts_file
 from adapters_core.train.sampling import load_prompts
 
 LINE = "a cat --n blurry --W 640 --h 768 --s 12 --l 4.5 --d 7"
@@ -73,5 +73,5 @@ def test_bad_sample_prompts_name_the_file_the_entry_and_the_option(tmp_path, nam
 
 
 def test_generation_does_not_import_training():
-    code = "import sys, adapters_core.generate_prompts; assert not any(m.startswith('adapters_core.train') for m in sys.modules)"
+    code = "import sys, adapters_core.generate.prompts; assert not any(m.startswith('adapters_core.train') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,6 +1,6 @@
 """What the adapter tools share: modules of a file, deltas through the hooks, layer shapes.
 
-Every tool reads adapters (any format :mod:`adapters_core.adapter_source` reads) into :class:`Adapter` (modules keyed by their standard kohya
+Every tool reads adapters (any format :mod:`adapters_core.interop.adapter_source` reads) into :class:`Adapter` (modules keyed by their standard kohya
 name, tensors module-relative, the type detected by ``detect_network``), works per module
 through the hooks (``delta_weight``, ``merge_weights``, ``extract``,
 ``module_options_from_tensors``) and writes with :func:`write_adapter`.
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from adapters_core.adapter_source import read_adapter_file
 from adapters_core.blocks import BlockMultipliers, block_multipliers_per_file, module_ratio
 from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError
 from adapters_core.features import refuse_features
+from adapters_core.interop.adapter_source import read_adapter_file
 from adapters_core.keys import normalize_module_name
 from adapters_core.lora_keys import resolve_alpha
 from adapters_core.matching import detect_file_network, loadable_targets, module_spec

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from adapters_core.atomic import atomic_path
-from adapters_core.generate import GenerationSettings
-from adapters_core.generate_prompts import PromptJob
-from adapters_core.grid import Axis, GridRequest, make_grid
+from adapters_core.generate.grid import Axis, GridRequest, make_grid
+from adapters_core.generate.images import GenerationSettings
+from adapters_core.generate.prompts import PromptJob
 from adapters_core.models import SDModel, load_sd_model, write_tiny_model
 from adapters_core.network import Network
 from adapters_core.train.args import TrainArgs

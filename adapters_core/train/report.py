@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from adapters_core.atomic import atomic_path
-from adapters_core.grid_image import GridLayout, display_scale
+from adapters_core.generate.grid_image import GridLayout, display_scale
 
 SMOOTHING_WINDOW_FRACTION = 0.05  # the moving average spans 5% of the steps (at least 1)
 

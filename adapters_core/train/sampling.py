@@ -1,6 +1,6 @@
 """Sample images during training (``--sample_prompts``, ``--sample_every_n_steps/epochs``).
 
-Prompt files as kohya reads them (:mod:`adapters_core.prompt_syntax`): ``.txt`` (one prompt per
+Prompt files as kohya reads them (:mod:`adapters_core.generate.prompt_syntax`): ``.txt`` (one prompt per
 line, ``#`` comments, options ``--n`` negative prompt, ``--w``/``--h`` size, ``--s`` steps
 (30 when left out, kohya's default), ``--l`` guidance scale, ``--d`` seed, ``--ss`` sampler),
 ``.toml`` (``[prompt]`` defaults plus ``[[prompt.subset]]`` entries) or ``.json`` (a list of
@@ -21,10 +21,10 @@ import torch
 
 from adapters_core.atomic import atomic_path
 from adapters_core.errors import ConfigError
-from adapters_core.generate import prompt_conditioning
+from adapters_core.generate.images import prompt_conditioning
+from adapters_core.generate.prompt_syntax import PromptLine, read_prompt_file
 from adapters_core.models import SDModel, to_pipeline
 from adapters_core.models.pipeline import SCHEDULERS
-from adapters_core.prompt_syntax import PromptLine, read_prompt_file
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from adapt_cli.commands.resize_images import resize_images as resize_command
 from adapters_core.errors import ConfigError, DatasetError, OutputExistsError
-from adapters_core.ops.resize_images import (
+from adapters_core.train.dataset.resize_images import (
     INTERPOLATIONS,
     parse_resolutions,
     resize_images,
     scaled_size,
 )
-from cli.commands.resize_images import resize_images as resize_command
 
 
 def make_image(path: Path, size: tuple[int, int], mode: str = "RGB") -> Path:

@@ -214,7 +214,7 @@ def fulldelta_tensors(model: SDModel, *, rank: int = 3, seed: int = 0, scale: fl
 @pytest.fixture
 def adapt(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
     """``adapt(*args) -> (exit code, stdout, stderr)`` through ``adapt_cli.main.main`` with the tool
-    commands registered (the lead registers them in cli/commands/__init__.py)."""
+    commands registered (the lead registers them in adapt_cli/commands/__init__.py)."""
     from adapt_cli.main import cli, main
 
     for command in TOOL_COMMANDS:

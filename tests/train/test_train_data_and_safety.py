@@ -157,7 +157,7 @@ def test_sample_images_during_training(workspace: Workspace, tmp_path: Path) -> 
 
 def assert_training_report(out: Path, rounds: list[list[Path]]) -> None:
     """One grid per sampling round, a contact sheet whose cells are the sample images, a loss plot."""
-    from adapters_core.grid_image import GridLayout, display_scale
+    from adapters_core.generate.grid_image import GridLayout, display_scale
     from adapters_core.train.report import prompt_label
 
     grids = sorted((out / "sample").glob("*_grid.png"))

@@ -47,8 +47,8 @@ def assert_report_and_grid(output: Path, printed: str) -> None:
     import numpy as np
     from PIL import Image
 
-    from adapters_core.generate_png import PARAMETERS_KEY
-    from adapters_core.grid import GRID_KEY
+    from adapters_core.generate.grid import GRID_KEY
+    from adapters_core.generate.png import PARAMETERS_KEY
 
     assert len(list((output / "sample").glob("*_grid.png"))) == 4
     for name in ("quickstart_samples.png", "quickstart_loss.png"):

@@ -12,8 +12,8 @@ from diffusers import DDPMScheduler
 
 from adapt_cli.commands.train import rewrite_argv
 from adapters_core.errors import ConfigError
+from adapters_core.generate.prompt_syntax import parse_prompt_line
 from adapters_core.models import clip_text as text
-from adapters_core.prompt_syntax import parse_prompt_line
 from adapters_core.train import loss as L
 from adapters_core.train import noise as N
 from adapters_core.train.components import resolve_network_type

@@ -17,41 +17,77 @@ Each ``dataset[i]`` is a whole batch from one bucket (use ``DataLoader(ds, batch
 - ``alpha_masks``: float [B, H, W] in [0, 1], only when a subset sets ``alpha_mask``
 """
 
-from adapters_core.train.dataset.buckets import LATENT_FACTOR, BucketSelector, bucket_info, make_bucket_resolutions
-from adapters_core.train.dataset.captions import (
-    count_tags,
-    load_finetune_metadata,
-    process_caption,
-    read_caption_file,
-)
-from adapters_core.train.dataset.config import (
-    DatasetConfig,
-    DatasetGroupConfig,
-    SubsetConfig,
-    check_latents_cacheable,
-    config_from_folders,
-    load_dataset_config,
-    parse_folder_name,
-)
-from adapters_core.train.dataset.dataset import (
-    DatasetInfo,
-    ImageDataset,
-    ImageRecord,
-    LatentsProvider,
-    balance_reg_repeats,
-)
-from adapters_core.train.dataset.demo import write_demo_dataset
-from adapters_core.train.dataset.images import IMAGE_EXTENSIONS
-from adapters_core.train.dataset.latents import cache_file_path, load_latents_npz, save_latents_npz
-from adapters_core.train.dataset.metadata import dataset_metadata
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "LATENT_FACTOR", "BucketSelector", "bucket_info", "make_bucket_resolutions",
-    "count_tags", "load_finetune_metadata", "process_caption", "read_caption_file",
-    "DatasetConfig", "DatasetGroupConfig", "SubsetConfig", "check_latents_cacheable", "config_from_folders",
-    "load_dataset_config", "parse_folder_name",
-    "DatasetInfo", "ImageDataset", "ImageRecord", "LatentsProvider", "balance_reg_repeats",
-    "write_demo_dataset", "IMAGE_EXTENSIONS",
-    "cache_file_path", "load_latents_npz", "save_latents_npz",
-    "dataset_metadata",
-]
+# What the package offers, by the module that defines it. The modules are imported when a name is
+# first used, so that a light submodule (image preprocessing for `adapt resize-images`) can be
+# imported without torch.
+_EXPORTS = {
+    "LATENT_FACTOR": "buckets",
+    "BucketSelector": "buckets",
+    "bucket_info": "buckets",
+    "make_bucket_resolutions": "buckets",
+    "count_tags": "captions",
+    "load_finetune_metadata": "captions",
+    "process_caption": "captions",
+    "read_caption_file": "captions",
+    "DatasetConfig": "config",
+    "DatasetGroupConfig": "config",
+    "SubsetConfig": "config",
+    "check_latents_cacheable": "config",
+    "config_from_folders": "config",
+    "load_dataset_config": "config",
+    "parse_folder_name": "config",
+    "DatasetInfo": "dataset",
+    "ImageDataset": "dataset",
+    "ImageRecord": "dataset",
+    "LatentsProvider": "dataset",
+    "balance_reg_repeats": "dataset",
+    "write_demo_dataset": "demo",
+    "IMAGE_EXTENSIONS": "images",
+    "cache_file_path": "latents",
+    "load_latents_npz": "latents",
+    "save_latents_npz": "latents",
+    "dataset_metadata": "metadata",
+}
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
+    from adapters_core.train.dataset.buckets import LATENT_FACTOR, BucketSelector, bucket_info, make_bucket_resolutions  # noqa: F401
+    from adapters_core.train.dataset.captions import (  # noqa: F401
+        count_tags,
+        load_finetune_metadata,
+        process_caption,
+        read_caption_file,
+    )
+    from adapters_core.train.dataset.config import (  # noqa: F401
+        DatasetConfig,
+        DatasetGroupConfig,
+        SubsetConfig,
+        check_latents_cacheable,
+        config_from_folders,
+        load_dataset_config,
+        parse_folder_name,
+    )
+    from adapters_core.train.dataset.dataset import (  # noqa: F401
+        DatasetInfo,
+        ImageDataset,
+        ImageRecord,
+        LatentsProvider,
+        balance_reg_repeats,
+    )
+    from adapters_core.train.dataset.demo import write_demo_dataset  # noqa: F401
+    from adapters_core.train.dataset.images import IMAGE_EXTENSIONS  # noqa: F401
+    from adapters_core.train.dataset.latents import cache_file_path, load_latents_npz, save_latents_npz  # noqa: F401
+    from adapters_core.train.dataset.metadata import dataset_metadata  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from adapters_core.choices import IMAGE_EXTENSIONS
 from adapters_core.errors import DatasetError
 
 Reso = tuple[int, int]
 LTRB = tuple[int, int, int, int]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def is_image_file(path: Path) -> bool:

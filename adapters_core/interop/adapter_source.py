@@ -6,7 +6,7 @@ with ``unet.``/``text_encoder.``/``text_encoder_2.`` keys, or a folder holding
 ``pytorch_lora_weights.safetensors``) and a PEFT adapter (a folder with
 ``adapter_config.json``, per component or not, or its ``adapter_model.safetensors``) are
 turned into kohya module names with module-relative LoRA tensors through the same mapping
-``adapt convert`` uses (:mod:`adapters_core.convert_formats`), so reading such a file
+``adapt convert`` uses (:mod:`adapters_core.interop.convert_formats`), so reading such a file
 directly gives exactly what converting it first would.
 """
 
@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters_core.choices import LORA_FORMATS
-from adapters_core.convert_formats import (
+from adapters_core.errors import ConfigError, FormatError
+from adapters_core.formats import AdapterFile, load_adapter
+from adapters_core.interop.convert_formats import (
     detect_format,
     diffusers_lora_set,
     keys_format,
     read_diffusers,
     read_peft,
 )
-from adapters_core.errors import ConfigError, FormatError
-from adapters_core.formats import AdapterFile, load_adapter
-from adapters_core.lora_set import LoRASet, kohya_state_dict, lora_set_from_kohya
+from adapters_core.interop.lora_set import LoRASet, kohya_state_dict, lora_set_from_kohya
 
 FORMATS = LORA_FORMATS
 

@@ -29,10 +29,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from adapters_core.atomic import atomic_path, check_writable
+from adapters_core.choices import IMAGE_EXTENSIONS
 from adapters_core.errors import ConfigError, DatasetError, OutputExistsError
 from adapters_core.progress import progress
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 DEFAULT_MAX_RESOLUTION = "512x512,384x384,256x256,128x128"
 
 #: kohya's OpenCV interpolation names mapped to Pillow filters. Pillow's BOX averages every

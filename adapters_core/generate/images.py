@@ -25,7 +25,7 @@ from adapters_core.api import load_networks
 from adapters_core.blocks import block_multipliers_per_file
 from adapters_core.errors import ConfigError, NonFiniteError
 from adapters_core.family import ModelFamily
-from adapters_core.generate_png import (
+from adapters_core.generate.png import (
     NetworkInfo,
     a1111_parameters,
     adapter_short_hash,
@@ -33,7 +33,7 @@ from adapters_core.generate_png import (
     next_image_index,
     save_png,
 )
-from adapters_core.generate_prompts import PromptJob
+from adapters_core.generate.prompts import PromptJob
 from adapters_core.models import SDModel, to_pipeline
 from adapters_core.network import Network
 from adapters_core.plugins import get_registry

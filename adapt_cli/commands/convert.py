@@ -59,8 +59,8 @@ def convert(
         allowed = (".safetensors",) if to == "diffusers" else ADAPTER_OUTPUT_SUFFIXES
         check_suffix(output, "OUTPUT", allowed, folder_allowed=to == "diffusers")
     refuse_existing(output, overwrite)
-    from adapters_core.convert import convert_lora
     from adapters_core.formats import precision_dtype
+    from adapters_core.interop.convert import convert_lora
 
     result = convert_lora(
         source, output, to, source_format=source_format, model=model,

@@ -35,21 +35,21 @@ from adapters_core.atomic import atomic_path
 from adapters_core.blocks import block_multipliers_per_file, parse_block_multipliers
 from adapters_core.choices import GRID_AXIS_KINDS
 from adapters_core.errors import ConfigError
-from adapters_core.generate import (
+from adapters_core.generate.grid_image import GridLayout, display_scale
+from adapters_core.generate.images import (
     GenerationSettings,
     ModelIdentity,
     generate,
     image_parameters,
 )
-from adapters_core.generate_png import (
+from adapters_core.generate.png import (
     PARAMETERS_KEY,
     NetworkInfo,
     adapter_short_hash,
     next_image_index,
     save_png,
 )
-from adapters_core.generate_prompts import PromptJob, parse_prompt_line
-from adapters_core.grid_image import GridLayout, display_scale
+from adapters_core.generate.prompts import PromptJob, parse_prompt_line
 from adapters_core.models import SDModel, to_pipeline
 from adapters_core.models.pipeline import SCHEDULERS
 from adapters_core.network import Network

@@ -1,7 +1,7 @@
 """``adapt grid``: a labelled grid of images over up to three axes (A1111's X/Y/Z plot).
 
 ``--x "adapter=output/run-*.safetensors" --y "mul=0,0.5,1" --z "prompt=a cat|a dog"``; see
-:mod:`adapters_core.grid` for the axis kinds. Writes ``grid-NNNNN.png`` (the grid's full
+:mod:`adapters_core.generate.grid` for the axis kinds. Writes ``grid-NNNNN.png`` (the grid's full
 parameters in its ``adapt_grid`` text chunk) and every cell as ``NNNNN-<seed>.png`` with
 A1111 parameters.
 """
@@ -24,7 +24,7 @@ from adapt_cli.generation_options import (
 )
 from adapt_cli.options import MultiValueCommand
 from adapters_core.choices import GRID_AXIS_KINDS
-from adapters_core.generate_prompts import parse_prompt_line
+from adapters_core.generate.prompts import parse_prompt_line
 
 AXIS_HELP = f"KIND=VALUES with KIND one of {', '.join(GRID_AXIS_KINDS)} (e.g. 'mul=0,0.5,1', 'prompt=a cat|a dog')."
 
@@ -48,8 +48,8 @@ def grid(
     """Generate one image per combination of the axes' values and draw them as a labelled grid."""
     check_multipliers(network_weights, network_mul)
     check_output_folder(outdir)
-    from adapters_core.generate import GenerationSettings
-    from adapters_core.grid import GridRequest, make_grid, parse_axis
+    from adapters_core.generate.grid import GridRequest, make_grid, parse_axis
+    from adapters_core.generate.images import GenerationSettings
 
     axes = [parse_axis(spec, flag) for spec, flag in ((x_axis, "--x"), (y_axis, "--y"), (z_axis, "--z")) if spec]
     base = base_job(negative_prompt, steps, scale, width, height, v_parameterization)

@@ -35,6 +35,7 @@ from adapters_core.atomic import atomic_path
 from adapters_core.errors import FormatError
 from adapters_core.features import UnsupportedFeatureError, feature_of
 from adapters_core.formats import SAFETENSORS_SUFFIX, load_adapter, read_safetensors_header, save_adapter
+from adapters_core.interop.lora_set import DOWN, UP, LoRASet, module_tensors
 from adapters_core.keys import (
     DIFFUSERS_COMPONENTS,
     TEXT_ENCODER_COMPONENTS,
@@ -42,9 +43,8 @@ from adapters_core.keys import (
     component_module_name,
     component_prefixes,
 )
-from adapters_core.lora_set import DOWN, UP, LoRASet, module_tensors
+from adapters_core.models.structure import ModelStructure
 from adapters_core.module import fit_tensor
-from adapters_core.structure import ModelStructure
 from adapters_core.targets import text_encoder_module_path
 
 log = logging.getLogger(__name__)

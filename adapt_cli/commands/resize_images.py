@@ -11,13 +11,13 @@ from pathlib import Path
 
 import click
 
-from adapters_core.ops.resize_images import (
+from adapters_core.train.dataset.resize_images import (
     DEFAULT_INTERPOLATION,
     DEFAULT_MAX_RESOLUTION,
     INTERPOLATIONS,
     parse_resolutions,
 )
-from adapters_core.ops.resize_images import resize_images as resize_folder
+from adapters_core.train.dataset.resize_images import resize_images as resize_folder
 
 
 @click.command("resize-images")

@@ -24,7 +24,7 @@ from adapt_cli.options import (
 )
 from adapters_core.choices import PRECISION_NAMES, SAMPLER_NAMES
 from adapters_core.errors import ConfigError
-from adapters_core.generate_prompts import PromptJob
+from adapters_core.generate.prompts import PromptJob
 
 if TYPE_CHECKING:
     from adapters_core.models import SDModel

@@ -23,7 +23,7 @@ from adapt_cli.generation_options import (
 )
 from adapt_cli.options import INPUT_FILE, POSITIVE_INT, MultiValueCommand, kohya_option
 from adapters_core.errors import ConfigError
-from adapters_core.generate_prompts import parse_prompt_line, read_prompts_file
+from adapters_core.generate.prompts import parse_prompt_line, read_prompts_file
 
 
 @click.command("generate", cls=MultiValueCommand, multi_value=MULTI_VALUE)
@@ -57,7 +57,7 @@ def generate(
     check_output_folder(outdir)
     base = base_job(negative_prompt, steps, scale, width, height, v_parameterization)
     jobs = [parse_prompt_line(prompt, base, "--prompt")] if prompt is not None else read_prompts_file(from_file, base)
-    from adapters_core.generate import GenerationSettings, generate_to_folder
+    from adapters_core.generate.images import GenerationSettings, generate_to_folder
 
     settings = GenerationSettings(
         sampler=sampler, batch_count=batch_count, images_per_prompt=images_per_prompt, seed=seed, clip_skip=clip_skip,

@@ -1,4 +1,4 @@
-"""Prompts for ``adapt generate``: one prompt per line in kohya's syntax (:mod:`adapters_core.prompt_syntax`).
+"""Prompts for ``adapt generate``: one prompt per line in kohya's syntax (:mod:`adapters_core.generate.prompt_syntax`).
 
 ``adapt generate`` implements ``--n --w --h --s --l --d --am`` (``--d`` may list seeds for a
 line's successive images, ``--am`` one multiplier per ``--network_weights`` file); what a line
@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from adapters_core.errors import ConfigError
-from adapters_core.prompt_syntax import parse_prompt_line as parse_syntax
-from adapters_core.prompt_syntax import prompt_file_lines
+from adapters_core.generate.prompt_syntax import parse_prompt_line as parse_syntax
+from adapters_core.generate.prompt_syntax import prompt_file_lines
 
 GENERATE_FLAGS = ("n", "w", "h", "s", "l", "d", "am")
 

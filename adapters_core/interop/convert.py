@@ -1,6 +1,6 @@
 """``adapt convert``: kohya <-> diffusers <-> PEFT LoRA files with identical math.
 
-Reading goes through :class:`adapters_core.lora_set.LoRASet` (see there for how each format
+Reading goes through :class:`adapters_core.interop.lora_set.LoRASet` (see there for how each format
 stores the scale). Module names need no model to convert, but paths do: without a model
 the SD 1.x/2.x names are used; with ``model`` the modules are also checked against that
 model's layers and down/up weights are reshaped to them (2-D for Linear, 4-D for conv
@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from adapters_core.adapter_source import FORMATS, read_lora
 from adapters_core.choices import DIFFUSERS_LAYOUTS
-from adapters_core.convert_formats import write_diffusers, write_peft
 from adapters_core.errors import ConfigError, FormatError
 from adapters_core.family import ModelFamily
-from adapters_core.lora_set import DOWN, UP, LoRASet, write_kohya
+from adapters_core.interop.adapter_source import FORMATS, read_lora
+from adapters_core.interop.convert_formats import write_diffusers, write_peft
+from adapters_core.interop.lora_set import DOWN, UP, LoRASet, write_kohya
+from adapters_core.models.structure import ModelStructure, model_structure, naming_structure
 from adapters_core.ops.deltas import bundled_layer_shapes
 from adapters_core.plugins import get_registry
-from adapters_core.structure import ModelStructure, model_structure, naming_structure
 
 log = logging.getLogger(__name__)
 

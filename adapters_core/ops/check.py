@@ -3,7 +3,7 @@
 A module is matched by the code that loads it (:class:`~adapters_core.matching.ModuleMatcher`,
 which :meth:`Network.from_weights` calls too), against a model built on the ``meta`` device,
 so checking against SD 1.5 reads no weights. The file may be in any format
-:func:`~adapters_core.adapter_source.read_adapter_file` reads (kohya, LyCORIS, diffusers,
+:func:`~adapters_core.interop.adapter_source.read_adapter_file` reads (kohya, LyCORIS, diffusers,
 PEFT). Keys that would load nowhere get a reason: no such layer (with the closest name),
 tensors of another shape (another base model or rank), or suffixes the type does not know.
 A module carrying a feature no installed type implements (DoRA, Tucker, LoKr, ...) is an
@@ -21,14 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters_core.adapter_source import read_adapter_file
 from adapters_core.errors import FormatError
 from adapters_core.features import UnsupportedFeatureError
-from adapters_core.lora_set import diffusers_alpha_problem
+from adapters_core.interop.adapter_source import read_adapter_file
+from adapters_core.interop.lora_set import diffusers_alpha_problem
 from adapters_core.matching import LDM_PARTS, ModuleMatcher, detect_file_network
+from adapters_core.models.structure import ModelStructure, model_structure, structure_from_metadata
 from adapters_core.network import split_module_keys
 from adapters_core.plugins import Registry, get_registry
-from adapters_core.structure import ModelStructure, model_structure, structure_from_metadata
 from adapters_core.targets import Target, block_label
 
 

@@ -16,7 +16,7 @@ import click
 from adapt_cli.options import ADAPTER
 
 if TYPE_CHECKING:
-    from adapters_core.check import CheckReport
+    from adapters_core.ops.check import CheckReport
 
 
 def _alpha(value: float | None) -> str:
@@ -70,7 +70,7 @@ def check(adapter: Path, model: str | None, as_json: bool, summary: bool, strict
 
     Exits 1 when some key loads nowhere (with --strict also on diffusers issues).
     """
-    from adapters_core.check import check_adapter
+    from adapters_core.ops.check import check_adapter
 
     report = check_adapter(adapter, model)
     if as_json:

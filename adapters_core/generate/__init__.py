@@ -1,0 +1,1 @@
+"""Image generation: prompts, the pipeline run, PNG parameters, grids."""

@@ -1,0 +1,1 @@
+"""Other tools' files: reading kohya/LyCORIS/diffusers/PEFT adapters, converting between formats."""
