@@ -12,7 +12,7 @@ import torch
 from fake_families import TE_WIDTH, build_tiny_dual_model
 from PIL import Image
 from safetensors.torch import load_file
-from train.train_fixtures import run_adapt
+from train_fixtures import run_adapt
 
 from adapt_cli.main import main
 from adapters_core import plugins

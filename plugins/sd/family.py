@@ -195,8 +195,8 @@ class StableDiffusionFamily(ModelFamily):
             tokenizer=model.tokenizer,
             unet=model.unet,
             scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
+            safety_checker=None,  # type: ignore[arg-type]  # diffusers accepts None (documented), types say not
+            feature_extractor=None,  # type: ignore[arg-type]
             requires_safety_checker=False,
         )
 
