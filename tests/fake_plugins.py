@@ -11,6 +11,7 @@ from torch import nn
 
 from adapters_core import NetworkOption, NetworkType, hookimpl
 from adapters_core.module import AdapterModule, merge_additive
+from adapters_core.targets import layer_weight
 
 
 class FullDeltaModule(AdapterModule):
@@ -21,7 +22,7 @@ class FullDeltaModule(AdapterModule):
         self.is_conv = isinstance(layer, nn.Conv2d)
         self.stride = getattr(layer, "stride", 1)
         self.padding = getattr(layer, "padding", 0)
-        self.diff = nn.Parameter(torch.zeros_like(layer.weight, device="cpu"))
+        self.diff = nn.Parameter(torch.zeros_like(layer_weight(layer), device="cpu"))
 
     def forward(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         weight = self.diff.to(x.dtype)

@@ -30,7 +30,7 @@ from adapters_core.plugins import (  # noqa: E402
     hookimpl,
     reset_registry,
 )
-from adapters_core.targets import Target, model_targets  # noqa: E402
+from adapters_core.targets import Target, layer_weight, model_targets  # noqa: E402
 from adapters_core.types import NetworkType  # noqa: E402
 
 TOOL_COMMANDS = (merge, svd_merge, extract, resize, inspect)
@@ -86,7 +86,7 @@ def random_lora(
     for target in targets(model, conv=bool(conv_dim)):
         if target.component == "text_encoder" and not text_encoder:
             continue
-        shape = target.layer.weight.shape
+        shape = layer_weight(target.layer).shape
         conv3x3 = target.layer_kind == "conv3x3"
         rank = conv_dim if conv3x3 else dim
         assert rank is not None
@@ -127,7 +127,7 @@ def reference_delta(module: Mapping[str, torch.Tensor], shape: torch.Size) -> to
 
 
 def layer_weights(model: SDModel) -> dict[str, torch.Tensor]:
-    return {t.name: t.layer.weight.detach().double() for t in targets(model)}
+    return {t.name: layer_weight(t.layer).detach().double() for t in targets(model)}
 
 
 def truncation_error(matrix: torch.Tensor, rank: int) -> float:
@@ -197,7 +197,7 @@ def fulldelta_tensors(model: SDModel, *, rank: int = 3, seed: int = 0, scale: fl
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     for target in targets(model, conv=False):
-        shape = target.layer.weight.shape
+        shape = layer_weight(target.layer).shape
         n = torch.Size(shape[1:]).numel()
         diff = (torch.randn(shape[0], rank, generator=generator) @ torch.randn(rank, n, generator=generator)) * scale
         tensors[f"{target.name}.diff"] = diff
@@ -213,6 +213,7 @@ def adapt(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -
     from adapt_cli.main import cli, main
 
     for command in TOOL_COMMANDS:
+        assert command.name is not None
         monkeypatch.setitem(cli.commands, command.name, command)
 
     def run(*args: object) -> tuple[int, str, str]:
