@@ -178,7 +178,9 @@ def _peft_sources(path: Path) -> list[tuple[str | None, Path, dict[str, Any] | N
         config_file = path.parent / PEFT_CONFIG_NAME
         config = json.loads(config_file.read_text()) if config_file.is_file() else None
         return [(None, path, config)]
-    folders: list[tuple[str | None, Path]] = [(component, path / component) for component in COMPONENTS if (path / component / PEFT_CONFIG_NAME).is_file()]
+    folders: list[tuple[str | None, Path]] = [
+        (component, path / component) for component in COMPONENTS if (path / component / PEFT_CONFIG_NAME).is_file()
+    ]
     if not folders and (path / PEFT_CONFIG_NAME).is_file():
         folders = [(None, path)]
     if not folders:

@@ -77,7 +77,8 @@ def test_grid_of_epochs_by_multiplier_holds_the_single_images(assets, tmp_path, 
     for column, name in enumerate(["run-1", "run-2", "run-10"]):
         for row, multiplier in enumerate([0.0, 1.0]):
             x, y = layout.cell_origin(column, row)
-            cell = grid.crop((x, y, x + layout.cell_width, y + layout.cell_height)).resize((32, 32), Image.Resampling.NEAREST)
+            cell = grid.crop((x, y, x + layout.cell_width, y + layout.cell_height))
+            cell = cell.resize((32, 32), Image.Resampling.NEAREST)
             assert np.array_equal(pixels(cell), cells[(name, multiplier)])
     # multiplier 0 is the base model whatever the adapter; multiplier 1 differs per adapter
     assert np.array_equal(cells[("run-1", 0.0)], cells[("run-10", 0.0)])

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 HIDDEN_STATE = "hidden_state"
 """The one tensor an SD 1.x/2.x prompt encodes to: the text encoder's hidden states."""
 
-SD_COMPONENTS = (
+SD_COMPONENTS: tuple[Component, ...] = (
     Component("text_encoder", "lora_te", "text_encoder"),
     Component("unet", "lora_unet", "unet"),
 )
