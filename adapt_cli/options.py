@@ -45,7 +45,7 @@ class Number(click.ParamType):
 
     def __init__(
         self,
-        kind: type = float,
+        kind: type[float] = float,
         low: float | None = None,
         high: float | None = None,
         *,
@@ -60,6 +60,7 @@ class Number(click.ParamType):
         return f"{self.name.upper()} ({self.range.describe()})"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number: float
         if isinstance(value, self.kind) and not isinstance(value, bool):
             number = value
         else:

@@ -23,7 +23,7 @@ from adapters_core.module import AdapterModule
 from adapters_core.options import resolve_options
 from adapters_core.patching import attach, detach
 from adapters_core.plugins import Registry, get_registry
-from adapters_core.targets import Target, model_targets
+from adapters_core.targets import Target, layer_weight, model_targets
 from adapters_core.types import ModuleSpec, NetworkType
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ class Network(nn.Module):
         return {key: value.detach() for key, value in getattr(self, name).state_dict().items()}
 
     # -- patching -----------------------------------------------------------------------
-    def apply(self) -> Network:
+    def apply(self) -> Network:  # type: ignore[override]  # adapt's API: not nn.Module.apply(fn)
         """Patch every adapted layer so its output includes this network's contribution."""
         for name, module in self.adapter_modules():
             attach(self.targets[name].layer, module)
@@ -326,19 +326,19 @@ class Network(nn.Module):
         would not be finite.
         """
         ratio = self.multiplier if multiplier is None else float(multiplier)
-        merged: list[tuple[nn.Module, torch.Tensor]] = []
+        merged: list[tuple[torch.Tensor, torch.Tensor]] = []
         for name, _ in self.adapter_modules():
             layer = self.targets[name].layer
             new_weight = self.registry.merge_weights(
-                self.network_type.name, self.module_tensors(name), layer.weight, self._module_ratio(name, ratio)
+                self.network_type.name, self.module_tensors(name), layer_weight(layer), self._module_ratio(name, ratio)
             )
             if not torch.isfinite(new_weight).all():
                 raise NonFiniteError(f"{name}: merging gives non-finite weights; nothing was merged")
-            merged.append((layer, new_weight))
+            merged.append((layer_weight(layer), new_weight))
         if self.applied:
             self.remove()
-        for layer, new_weight in merged:
-            layer.weight.copy_(new_weight)
+        for weight, new_weight in merged:
+            weight.copy_(new_weight)
 
     # -- training -----------------------------------------------------------------------
     def on_train_step(self, step: int) -> None:

@@ -32,7 +32,7 @@ def attach(layer: nn.Module, module: AdapterModule) -> None:
 
         layer.__dict__[_MODULES] = attached
         layer.__dict__[_ORIGINAL] = original
-        layer.forward = forward  # type: ignore[method-assign]
+        layer.forward = forward
     if any(existing is module for existing in attached):
         return
     attached.append(module)
@@ -49,7 +49,7 @@ def detach(layer: nn.Module, module: AdapterModule) -> None:
         if getattr(original, "__self__", None) is layer and original.__func__ is type(layer).forward:
             del layer.__dict__["forward"]
         else:
-            layer.forward = original  # type: ignore[method-assign]
+            layer.forward = original
 
 
 def attached_modules(layer: nn.Module) -> list[AdapterModule]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from adapters_core.blocks import MID_BLOCK_INDEX, NUM_DOWN_BLOCKS, SD_BLOCKS, BlockLayout, block_index
@@ -80,6 +81,13 @@ def layer_kind(layer: nn.Module) -> str | None:
     if isinstance(layer, nn.Conv2d):
         return "conv1x1" if tuple(layer.kernel_size) == (1, 1) else "conv3x3"
     return None
+
+
+def layer_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight of an adaptable layer (a Linear or Conv2d; ``nn.Module`` types attributes loosely)."""
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor), f"{type(layer).__name__} has no weight tensor"
+    return weight
 
 
 def _candidates(root: nn.Module, containers: frozenset[str]) -> Iterator[tuple[str, str, nn.Module]]:

@@ -30,7 +30,7 @@ from adapters_core.matching import module_spec
 from adapters_core.network import Network
 from adapters_core.options import all_options
 from adapters_core.plugins import Registry, get_registry
-from adapters_core.targets import Target, layer_kind
+from adapters_core.targets import Target, layer_kind, layer_weight
 
 # Options a type does not declare are left out; without ``conv_dim`` 3x3 layers are skipped.
 CONTRACT_OPTIONS = {"network_dim": 4, "network_alpha": 2.0, "conv_dim": 4, "conv_alpha": 2.0}
@@ -89,7 +89,7 @@ def _randomise(network: Network, seed: int = 1) -> None:
 
 def _functional(layer: nn.Module, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The layer's operation with another weight, in float32."""
-    bias = layer.bias.float() if layer.bias is not None else None
+    bias = layer.bias.float() if isinstance(layer.bias, torch.Tensor) else None
     weight, x = weight.float(), x.float()
     if isinstance(layer, nn.Conv2d):
         return F.conv2d(x, weight, bias, layer.stride, layer.padding)
@@ -108,7 +108,8 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dty
 
 
 def _delta(network: Network, name: str, layer: nn.Module) -> torch.Tensor:
-    return network.registry.delta_weight(network.network_type.name, network.module_tensors(name), layer.weight.shape)
+    shape = layer_weight(layer).shape
+    return network.registry.delta_weight(network.network_type.name, network.module_tensors(name), shape)
 
 
 def identity_at_init(network: str, case: LayerCase, dtype: torch.dtype, registry: Registry) -> None:
@@ -135,7 +136,7 @@ def _applied_random_network(
 def forward_matches_delta(network: str, case: LayerCase, dtype: torch.dtype, registry: Registry) -> None:
     layer, x, net = _applied_random_network(network, case, dtype, registry, 0.7)
     (name, _), = net.adapter_modules()
-    weight = layer.weight.float() + 0.7 * _delta(net, name, layer)
+    weight = layer_weight(layer).float() + 0.7 * _delta(net, name, layer)
     expected = _functional(layer, weight, x)
     _assert_close(layer(x), expected, dtype, f"{network}/{case.kind}/{dtype}: patched forward vs base + delta")
 

@@ -32,7 +32,7 @@ def import_torchvision_without_compiled_ops() -> None:
 
         return register
 
-    torch.library.register_fake = tolerant  # type: ignore[assignment]
+    torch.library.register_fake = tolerant
     try:
         import torchvision.transforms  # noqa: F401
     finally:

@@ -154,7 +154,7 @@ class Worker:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
-            raise SystemExit(f"worker {self.process.args} ended with code {self.process.wait()}")
+            raise SystemExit(f"worker {self.process.args!r} ended with code {self.process.wait()}")
         return json.loads(line)
 
     def step(self, name: str) -> float:

@@ -97,7 +97,7 @@ def write_folder(checkpoint: Path, folder: Path) -> None:
     from adapters_core.models.bundled import TINY_TOKENIZER_DIR
 
     model = load_sd_model(checkpoint, dtype=torch.float16, need_tokenizer=False)
-    model.tokenizer = CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIR, local_files_only=True)
+    model.tokenizers["text_encoder"] = CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIR, local_files_only=True)
     save_diffusers(model, folder)
 
 

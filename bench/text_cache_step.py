@@ -43,9 +43,10 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype) -> SDModel:
     """The tiny model, or SD 1.5-sized U-Net and text encoder on the tiny model's VAE and tokenizer."""
     model = build_tiny_model(seed=0)
     if name == "sd15":
-        model = replace(model, unet=build_sd15_unet("cpu"), text_encoder=build_sd15_text_encoder("cpu"))
+        model = replace(model, components={**model.components, "unet": build_sd15_unet("cpu"),
+                                          "text_encoder": build_sd15_text_encoder("cpu")})
     for module in (model.unet, model.text_encoder, model.vae):
-        module.requires_grad_(False).to(device, dtype)
+        module.requires_grad_(False).to(device, dtype)  # type: ignore[arg-type]  # diffusers' typing of ModelMixin.to
     model.text_encoder.eval()
     return model
 

@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -71,10 +72,12 @@ def lierla_shapes(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[
     """kohya module name -> weight shape of the LierLa layers (Linear and 1x1 convs outside
     the ResNet blocks and resamplers: 192 U-Net and 72 text-encoder layers on SD 1.5)."""
     from adapters_core.ops.deltas import model_layer_shapes
+    from adapters_core.plugins import get_registry
 
+    family = get_registry().family_for_components(["unet", "text_encoder"])
     return {
         name: shape
-        for name, shape in model_layer_shapes(unet, text_encoder).items()
+        for name, shape in model_layer_shapes(family, {"unet": unet, "text_encoder": text_encoder}).items()
         if not (len(shape) == 4 and shape[2] != 1) and "resnets" not in name and "samplers" not in name
     }
 
@@ -169,7 +172,7 @@ def bench_svd_merge(work: Path, shapes: dict[str, torch.Size], files: list[Path]
         ups = [f.scale * f.up for f in factors if f is not None]
         downs = [f.down for f in factors if f is not None]
         exact = sum(u.double() @ d.double() for u, d in zip(ups, downs, strict=True))
-        reference[name], approx_ref = best_of(REFERENCE_REPEATS, lambda u=ups, d=downs: full_delta_svd(u, d, RANK))
+        reference[name], approx_ref = best_of(REFERENCE_REPEATS, partial(full_delta_svd, ups, downs, RANK))
         mine = factors_of("lora", result[name])
         assert mine is not None
         approx_ours = mine.scale * mine.up.double() @ mine.down.double()
@@ -216,7 +219,7 @@ def bench_extract(shapes: dict[str, torch.Size]) -> dict[str, float]:
         per_method = {}
         for method, repeats in (("exact", REFERENCE_REPEATS), ("randomized", OURS_REPEATS)):
             options = {"svd": method, "clamp_quantile": None}
-            seconds, tensors = best_of(repeats, lambda d=diff, o=options: extract_module("lora", d, RANK, o))
+            seconds, tensors = best_of(repeats, partial(extract_module, "lora", diff, RANK, options))
             times[method] += seconds * counts[shape]
             per_method[method] = float(torch.linalg.vector_norm(module_delta("lora", tensors, shape) - diff))
             errors[method] += counts[shape] * per_method[method] ** 2

@@ -50,7 +50,7 @@ class Competitor:
 
     name: str
     attach: Callable[[], list[torch.nn.Parameter]]  # returns the trainable parameters
-    detach: Callable[[], None]
+    detach: Callable[[], object]
     before_step: Callable[[int], None] = lambda step: None
     layers: list[str] = field(default_factory=list)  # kohya names of the adapted layers
     times: list[float] = field(default_factory=list)
@@ -74,7 +74,11 @@ def peft_competitor(unet: Any, network: Network, label: str) -> Competitor:
     names = [target.module_path for target in network.targets.values()]
 
     def attach() -> list[torch.nn.Parameter]:
-        unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=names, init_lora_weights=True))
+        # peft types lora_alpha as int; it takes any number (scaling = lora_alpha / r)
+        config = LoraConfig(
+            r=RANK, lora_alpha=ALPHA, target_modules=names, init_lora_weights=True  # type: ignore[arg-type]
+        )
+        unet.add_adapter(config)
         return [p for n, p in unet.named_parameters() if "lora_" in n]
 
     return Competitor(label, attach, unet.unload_lora, layers=sorted(network.targets))

@@ -276,7 +276,7 @@ def run_all(root: Path, log: Path) -> dict[str, dict[str, str]]:
     root.mkdir(parents=True)
     setup(root)
     seen: set[Path] = set()
-    hashes = {"setup": {}}
+    hashes: dict[str, dict[str, str]] = {"setup": {}}
     for name in ("model", "tiny.safetensors", "finetune", "data", "prompts.txt"):
         hashes["setup"].update(hash_output(root / name, root, seen))
     adapt, env = adapt_command(), run_env()

@@ -28,7 +28,7 @@ def fake_entry_points(monkeypatch):
             version = "9.9"
 
         added = [
-            metadata.EntryPoint(name=name, value=value, group=group)._for(FakeDist())
+            metadata.EntryPoint(name=name, value=value, group=group)._for(FakeDist())  # type: ignore[attr-defined]  # private
             for name, value in extra.items()
         ]
 

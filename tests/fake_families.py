@@ -95,7 +95,7 @@ class TinyDualFamily(StableDiffusionFamily):
     ) -> SDModel:
         if not path.is_dir():
             raise ModelLoadError(f"{path}: the tinydual family reads Diffusers folders only")
-        components = {
+        components: dict[str, nn.Module] = {
             name: from_pretrained(CLIPTextModel.from_pretrained, path, name, dtype=dtype)
             for name in ("text_encoder", "text_encoder_2")
         }

@@ -13,6 +13,7 @@ from adapt_lora.family import LORA_KEYS, LoRAFamilyPlugin
 from adapt_lora.module import LoRAModule
 from adapters_core import NetworkOption, NetworkType, hookimpl
 from adapters_core.module import AdapterModule, merge_additive
+from adapters_core.targets import layer_weight
 from adapters_core.types import ModuleSpec
 
 
@@ -24,7 +25,7 @@ class FullDeltaModule(AdapterModule):
         self.is_conv = isinstance(layer, nn.Conv2d)
         self.stride = getattr(layer, "stride", 1)
         self.padding = getattr(layer, "padding", 0)
-        self.diff = nn.Parameter(torch.zeros_like(layer.weight, device="cpu"))
+        self.diff = nn.Parameter(torch.zeros_like(layer_weight(layer), device="cpu"))
 
     def forward(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         weight = self.diff.to(x.dtype)
@@ -82,11 +83,13 @@ class MetadataOnlyPlugin(FullDeltaPlugin):
     """The same type under another name, without a detector: found through ``ss_network_module`` only."""
 
     name = "metaonly"
-    detect_network = None  # not a hook implementation: this plugin implements no detect_network
+    detect_network = None  # type: ignore[assignment]  # removes the inherited hook: this plugin has no detector
 
 
 class GainLoRAModule(LoRAModule):
     """LoRA whose output is scaled by a stored ``gain``: its files hold LoRA's keys plus ``gain``."""
+
+    gain: torch.Tensor
 
     def __init__(self, spec: ModuleSpec) -> None:
         super().__init__(spec.name, spec.layer, spec.rank, spec.alpha)

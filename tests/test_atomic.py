@@ -77,7 +77,8 @@ def _dead_pid() -> int:
     process = context.Process(target=lambda: None)
     process.start()
     process.join()
-    return int(process.pid)
+    assert process.pid is not None
+    return process.pid
 
 
 def test_a_killed_writers_temporaries_are_removed_and_a_folder_set_aside_is_restored(tmp_path: Path) -> None:

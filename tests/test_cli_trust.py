@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tool_support import random_lora
+from train_fixtures import Workspace, base_args, run_adapt, workspace_fixture  # noqa: F401
 
 from adapters_core.formats import save_adapter
-from tests.ops.tool_support import random_lora
-from tests.train.train_fixtures import Workspace, base_args, run_adapt, workspace_fixture  # noqa: F401
 
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "accelerate")
 

@@ -107,7 +107,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory):
     for folder, count in (("train", 2), ("reg", 1)):
         write_demo_dataset(root / folder, n_images=count, size=64, seed=count)
     guide = (ROOT / "docs" / "guide.md").read_text(encoding="utf-8")
-    toml = re.search(r"```toml\n(\[general\].*?)```", guide, re.DOTALL).group(1)
+    match = re.search(r"```toml\n(\[general\].*?)```", guide, re.DOTALL)
+    assert match is not None, "docs/guide.md has no [general] toml example"
+    toml = match.group(1)
     for old, new in (("/data/train/10_sks woman", root / "train/img/10_sks shape"),
                      ("/data/reg/1_woman", root / "reg/img/10_sks shape"), ("= 512", "= 64"),
                      ("min_bucket_reso = 256", "min_bucket_reso = 64"), ("max_bucket_reso = 1024", "max_bucket_reso = 128")):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from helpers import randomize
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from adapt_cli.main import main
 from adapters_core.generate.grid import GRID_KEY, make_grid, parse_axis
@@ -35,6 +36,13 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
+def png_text(path: Path) -> dict[str, str]:
+    """A PNG's text chunks."""
+    image = Image.open(path)
+    assert isinstance(image, PngImagePlugin.PngImageFile)
+    return image.text
+
+
 def run(capsys, *args) -> tuple[int, str, str]:
     capsys.readouterr()
     code = main([str(a) for a in args])
@@ -53,23 +61,24 @@ def test_grid_of_epochs_by_multiplier_holds_the_single_images(assets, tmp_path, 
     singles = sorted(outdir.glob("0*.png"))
     assert len(singles) == 6
     grid = Image.open(grid_file)
-    chunk = json.loads(grid.text[GRID_KEY])
+    chunk = json.loads(png_text(grid_file)[GRID_KEY])
     assert chunk["axes"][0]["values"] == ["run-1", "run-2", "run-10"]
     assert chunk["axes"][1] == {"kind": "mul", "values": [0.0, 1.0]}
-    assert "Steps: 2" in grid.text[PARAMETERS_KEY]
+    assert "Steps: 2" in png_text(grid_file)[PARAMETERS_KEY]
     layout = GridLayout("epochs", ["run-1", "run-2", "run-10"], ["mul: 0", "mul: 1"], [""], 32 * display_scale(32, 32),
                         32 * display_scale(32, 32))
     assert grid.size == (layout.width, layout.height)
     cells = {}
     for single in singles:
-        info = Image.open(single).text[PARAMETERS_KEY]
-        name, multiplier = info.split("<lora:")[1].split(">")[0].rsplit(":", 1)
-        cells[(name, float(multiplier))] = pixels(Image.open(single))
+        info = png_text(single)[PARAMETERS_KEY]
+        name, multiplier_text = info.split("<lora:")[1].split(">")[0].rsplit(":", 1)
+        cells[(name, float(multiplier_text))] = pixels(Image.open(single))
         assert "Seed: 5" in info and "Lora hashes" in info
     for column, name in enumerate(["run-1", "run-2", "run-10"]):
         for row, multiplier in enumerate([0.0, 1.0]):
             x, y = layout.cell_origin(column, row)
-            cell = grid.crop((x, y, x + layout.cell_width, y + layout.cell_height)).resize((32, 32), Image.NEAREST)
+            cell = grid.crop((x, y, x + layout.cell_width, y + layout.cell_height))
+            cell = cell.resize((32, 32), Image.Resampling.NEAREST)
             assert np.array_equal(pixels(cell), cells[(name, multiplier)])
     # multiplier 0 is the base model whatever the adapter; multiplier 1 differs per adapter
     assert np.array_equal(cells[("run-1", 0.0)], cells[("run-10", 0.0)])
@@ -87,9 +96,10 @@ def test_grid_cells_equal_adapt_generate(assets, tmp_path, capsys) -> None:
     code, _, err = run(capsys, "generate", *common, "--prompt", "a dog --n blurry", "--seed", "4",
                        "--outdir", tmp_path / "gen")
     assert code == 0, err
-    generated = Image.open(next((tmp_path / "gen").glob("*.png")))
-    matching = [p for p in (tmp_path / "grid").glob("0*.png") if Image.open(p).text[PARAMETERS_KEY] ==
-                generated.text[PARAMETERS_KEY]]
+    generated_file = next((tmp_path / "gen").glob("*.png"))
+    generated = Image.open(generated_file)
+    matching = [p for p in (tmp_path / "grid").glob("0*.png") if png_text(p)[PARAMETERS_KEY] ==
+                png_text(generated_file)[PARAMETERS_KEY]]
     assert len(matching) == 1
     assert np.array_equal(pixels(Image.open(matching[0])), pixels(generated))
 

@@ -26,6 +26,7 @@ from adapt_cli.main import main
 from adapters_core.api import load_networks
 from adapters_core.models import build_tiny_model, load_sd_model, to_pipeline, write_tiny_model
 from adapters_core.network import Network
+from adapters_core.targets import layer_weight
 
 peft = pytest.importorskip("peft")
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -57,9 +58,10 @@ def peft_deltas(component: str, root: torch.nn.Module) -> dict[str, torch.Tensor
     deltas = {}
     for path, layer in root.named_modules():
         if isinstance(layer, LoraLayer):
-            base = layer.get_base_layer().weight
+            base = layer_weight(layer.get_base_layer())
             deltas[kohya(component, path)] = lora_formula(
-                layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"], base.shape
+                layer_weight(layer.lora_A["default"]), layer_weight(layer.lora_B["default"]), layer.scaling["default"],
+                base.shape
             ).detach()
     return deltas
 

@@ -56,7 +56,11 @@ def generate(
         raise ConfigError("give either --prompt or --from_file")
     check_output_folder(outdir)
     base = base_job(negative_prompt, steps, scale, width, height, v_parameterization)
-    jobs = [parse_prompt_line(prompt, base, "--prompt")] if prompt is not None else read_prompts_file(from_file, base)
+    if from_file is not None:
+        jobs = read_prompts_file(from_file, base)
+    else:
+        assert prompt is not None  # exactly one of them, checked above
+        jobs = [parse_prompt_line(prompt, base, "--prompt")]
     from adapters_core.generate.images import GenerationSettings, generate_to_folder
 
     settings = GenerationSettings(

@@ -238,8 +238,8 @@ def make_grid(model: SDModel, model_path: str | os.PathLike[str], request: GridR
                     varied_hash = "" if varied_path is None else adapter_short_hash(varied_path)
                 varied_defaults = [(varied, 1.0, varied_blocks)] if varied is not None else []
                 fixed_defaults = list(zip(fixed, request.network_mul or [1.0] * len(fixed), fixed_blocks))
-                for network, multiplier, blocks in varied_defaults if adapter_axis is not None else fixed_defaults:
-                    network.set_block_multipliers(values.get("blocks", blocks))
+                for network, multiplier, file_blocks in varied_defaults if adapter_axis is not None else fixed_defaults:
+                    network.set_block_multipliers(values.get("blocks", file_blocks))
                     network.set_multiplier(values.get("mul", multiplier))
                 sampler = values.get("sampler", settings.sampler)
                 if sampler not in pipes:

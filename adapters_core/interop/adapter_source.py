@@ -66,9 +66,9 @@ def read_adapter_file(path: str | os.PathLike[str]) -> SourceAdapter:
         fmt = detect_format(source)
         return _as_kohya(source, read_lora(source, fmt), fmt)
     loaded = load_adapter(source)
-    fmt = keys_format(list(loaded.tensors))
-    if fmt == "diffusers":
-        return _as_kohya(source, diffusers_lora_set(loaded.tensors, loaded.metadata, source), fmt)
-    if fmt == "peft":
-        return _as_kohya(source, read_peft(source), fmt)
+    layout = keys_format(list(loaded.tensors))
+    if layout == "diffusers":
+        return _as_kohya(source, diffusers_lora_set(loaded.tensors, loaded.metadata, source), layout)
+    if layout == "peft":
+        return _as_kohya(source, read_peft(source), layout)
     return SourceAdapter(loaded.path, loaded.tensors, loaded.metadata)

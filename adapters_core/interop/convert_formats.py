@@ -45,7 +45,7 @@ from adapters_core.keys import (
 )
 from adapters_core.models.structure import ModelStructure
 from adapters_core.module import fit_tensor
-from adapters_core.targets import text_encoder_module_path
+from adapters_core.targets import layer_weight, text_encoder_module_path
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,9 @@ def _peft_sources(path: Path) -> list[tuple[str | None, Path, dict[str, Any] | N
         config_file = path.parent / PEFT_CONFIG_NAME
         config = json.loads(config_file.read_text()) if config_file.is_file() else None
         return [(None, path, config)]
-    folders = [(component, path / component) for component in COMPONENTS if (path / component / PEFT_CONFIG_NAME).is_file()]
+    folders: list[tuple[str | None, Path]] = [
+        (component, path / component) for component in COMPONENTS if (path / component / PEFT_CONFIG_NAME).is_file()
+    ]
     if not folders and (path / PEFT_CONFIG_NAME).is_file():
         folders = [(None, path)]
     if not folders:
@@ -259,7 +261,7 @@ def _factors(lora: LoRASet, structure: ModelStructure, name: str, fit: bool) -> 
     down, up = lora.modules[name][DOWN], lora.modules[name][UP]
     if not fit:
         return down, up
-    weight = structure.layer(name).weight
+    weight = layer_weight(structure.layer(name))
     rank = down.shape[0]
     down_shape = torch.Size([rank, *weight.shape[1:]])
     up_shape = torch.Size([weight.shape[0], rank, *([1, 1] if weight.dim() == 4 else [])])

@@ -8,6 +8,8 @@ takes the k-th last hidden state and applies the final layer norm.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import CLIPTokenizer
@@ -56,20 +58,23 @@ def _chunks(tokenizer: CLIPTokenizer, ids: torch.Tensor, length: int, window: in
 
 def check_clip_skip(text_encoder: nn.Module, clip_skip: int | None) -> None:
     """``--clip_skip`` must name one of the encoder's layers (checked before any work)."""
-    layers = int(text_encoder.config.num_hidden_layers)
+    config: Any = text_encoder.config  # transformers' config of this encoder class
+    layers = int(config.num_hidden_layers)
     if clip_skip is not None and not 1 <= clip_skip <= layers:
         raise ConfigError(f"--clip_skip {clip_skip}: expected 1 to {layers} (the text encoder's layers)")
 
 
 def final_layer_norm(text_encoder: nn.Module) -> nn.Module:
     """The CLIP final layer norm (transformers 5 dropped the ``text_model`` level)."""
-    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    model: Any = getattr(text_encoder, "text_model", text_encoder)
+    return model.final_layer_norm
 
 
 def encode(text_encoder: nn.Module, input_ids: torch.Tensor, clip_skip: int | None = None) -> torch.Tensor:
     """Conditioning [B, L, D] from ids [B, chunks, 77]; L = 77, or 2 + 75 * chunks for long captions."""
     batch, chunks, window = input_ids.shape
-    flat = input_ids.reshape(batch * chunks, window).to(text_encoder.device)
+    device: Any = text_encoder.device  # transformers' PreTrainedModel.device
+    flat = input_ids.reshape(batch * chunks, window).to(device)
     if clip_skip is None:
         states = text_encoder(flat)[0]
     else:

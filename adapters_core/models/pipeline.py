@@ -42,7 +42,7 @@ def make_scheduler(config: Mapping[str, Any], name: str, *, v_parameterization: 
     cls, extra = SCHEDULERS[name]
     prediction_type = "v_prediction" if v_parameterization else "epsilon"
     try:
-        return cls.from_config({**config, **extra, "prediction_type": prediction_type})
+        return _from_config(cls, {**config, **extra, "prediction_type": prediction_type})
     except ImportError as error:  # LMS needs scipy, which adapt does not depend on
         raise ConfigError(f"scheduler {name!r}: {' '.join(str(error).split())}") from error
 
@@ -55,7 +55,12 @@ def scheduler_for_saving(model: SDModel) -> SchedulerMixin:
         cls = DDIMScheduler
     prediction_type = "v_prediction" if model.v_parameterization else "epsilon"
     config = {**model.noise_scheduler_config, "prediction_type": prediction_type}
-    scheduler: SchedulerMixin = cls.from_config(config)
+    return _from_config(cls, config)
+
+
+def _from_config(cls: type[SchedulerMixin], config: dict[str, Any]) -> SchedulerMixin:
+    # every diffusers scheduler is also a ConfigMixin, but SchedulerMixin does not declare from_config
+    scheduler: SchedulerMixin = cls.from_config(config)  # type: ignore[attr-defined]
     return scheduler
 
 

@@ -97,8 +97,7 @@ def save_single_file(
             for key in template_keys:
                 if key not in tensors:
                     tensors[key] = load(key)
-    cast = {"dtype": dtype} if dtype is not None else {}
-    tensors = {k: v.to("cpu", **cast) if v.is_floating_point() else v.cpu() for k, v in tensors.items()}
+    tensors = {k: v.to("cpu", dtype=dtype) if v.is_floating_point() else v.cpu() for k, v in tensors.items()}
     with atomic_path(path, overwrite, expected_bytes=tensor_bytes(tensors)) as tmp:
         if is_safetensors(path, "checkpoint format"):
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))

@@ -129,7 +129,7 @@ def naming_structure() -> ModelStructure:
     registry = get_registry()
     sd1 = registry.family_for_components(["unet", "text_encoder"])
     v2_families = [family for family in registry.families.values() if family.kohya_v2] or [sd1]
-    components = {
+    components: dict[str, nn.Module | None] = {
         "unet": sd1.build_components(device="meta")["unet"],
         "text_encoder": v2_families[0].build_components(device="meta")["text_encoder"],
     }

@@ -29,7 +29,7 @@ from adapters_core.matching import LDM_PARTS, ModuleMatcher, detect_file_network
 from adapters_core.models.structure import ModelStructure, model_structure, structure_from_metadata
 from adapters_core.network import split_module_keys
 from adapters_core.plugins import Registry, get_registry
-from adapters_core.targets import Target, block_label
+from adapters_core.targets import Target, block_label, layer_weight
 
 
 @dataclass
@@ -176,7 +176,7 @@ def check_adapter(
                     layer=_layer_path(structure, target),
                     block=block_label(target.name),
                     layer_kind=target.layer_kind,
-                    shape=list(target.layer.weight.shape),
+                    shape=list(layer_weight(target.layer).shape),
                     rank=match.spec.rank,
                     alpha=match.spec.alpha,
                     keys=match.keys,

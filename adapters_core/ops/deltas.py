@@ -31,7 +31,7 @@ from adapters_core.network import split_module_keys
 from adapters_core.ops.factors import factors_of
 from adapters_core.plugins import get_registry
 from adapters_core.progress import progress, progress_bar  # noqa: F401 (the ops import them from here)
-from adapters_core.targets import Target
+from adapters_core.targets import Target, layer_weight
 
 if TYPE_CHECKING:
     from adapters_core.family import ModelFamily
@@ -148,13 +148,6 @@ def module_delta(
 def extract_module(network: str, delta: torch.Tensor, rank: int, options: Mapping[str, Any]) -> ModuleTensors:
     """The ``extract`` hook: module tensors of type ``network`` approximating ``delta`` at ``rank``."""
     return get_registry().extract(network, delta, rank, options)
-
-
-def layer_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight of a Linear/Conv2d layer (typed: ``nn.Module`` attributes are not)."""
-    weight = layer.weight
-    assert isinstance(weight, torch.Tensor)
-    return weight
 
 
 def is_conv3x3(shape: Sequence[int]) -> bool:

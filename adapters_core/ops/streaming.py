@@ -121,7 +121,7 @@ class SafetensorsReader(CheckpointReader):
         start, stop = self._span(key)
         if stop == start:
             return torch.empty(self.shape(key), dtype=self.dtype(key))
-        data = torch.frombuffer(self._map, dtype=torch.uint8, count=stop - start, offset=start)  # type: ignore[arg-type]
+        data = torch.frombuffer(self._map, dtype=torch.uint8, count=stop - start, offset=start)
         return data.view(self.dtype(key)).reshape(self.shape(key))
 
     def release(self, key: str) -> None:

@@ -95,13 +95,15 @@ def load_base_model(args: TrainArgs, device: torch.device) -> SDModel:
     model.unet.to(device, weight_dtype)
     for _, text_encoder in model.text_encoders():
         text_encoder.to(device, weight_dtype if device.type != "cpu" else torch.float32)
-    model.vae.to(device, torch.float32 if args.no_half_vae else weight_dtype)
+    # diffusers wraps ModelMixin.to in a decorator whose type loses the method's self
+    model.vae.to(device, torch.float32 if args.no_half_vae else weight_dtype)  # type: ignore[arg-type]
     set_attention(model, args)
     if args.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
             for _, text_encoder in model.text_encoders():
-                text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                encoder: Any = text_encoder  # a transformers PreTrainedModel
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

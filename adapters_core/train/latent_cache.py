@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,15 +32,18 @@ from adapters_core.train.dataset import (
 )
 from adapters_core.train.dataset.dataset import ImageRecord
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
 log = logging.getLogger(__name__)
 
 Reso = tuple[int, int]
 Key = tuple[Path, Reso, bool]
 
 
-def vae_factor(vae: torch.nn.Module) -> int:
+def vae_factor(vae: AutoencoderKL) -> int:
     """How much the VAE downsamples: 2 per encoder level after the first (8 for SD)."""
-    return int(2 ** (len(vae.config.block_out_channels) - 1))
+    return int(2 ** (len(vae.config["block_out_channels"]) - 1))
 
 
 def npz_bucket(reso: Reso, factor: int) -> Reso:
@@ -93,7 +97,7 @@ class LatentCache:
     def fill(
         self,
         dataset: ImageDataset,
-        vae: torch.nn.Module,
+        vae: AutoencoderKL,
         *,
         batch_size: int,
         device: torch.device,

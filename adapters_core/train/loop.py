@@ -88,6 +88,7 @@ class Trainer:
         self.started_at = time.time()
         self.session_id = random.randint(0, 2**32)
         self.samples: list[Path] = []
+        self.first_loss: float | None = None
 
     # -- setup --------------------------------------------------------------------------
     def _prepare_data(self) -> None:
@@ -394,7 +395,7 @@ class Trainer:
         step = self.start_step
         start_epoch, skip = divmod(step, self.updates_per_epoch)
         skip *= args.gradient_accumulation_steps
-        self.first_loss: float | None = None
+        self.first_loss = None
         recorder = LossRecorder()
         log.info(
             "training %s: %d images (with repeats), %d reg images, %d batches per epoch, %d epochs, %d steps",

@@ -133,13 +133,13 @@ def _optimizer_class(name: str) -> type[Optimizer]:
     if key == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor  # type: ignore[no-any-return]
+        return Adafactor
     if key in BNB_OPTIMIZERS:
-        return getattr(_import("bitsandbytes", "bitsandbytes", name).optim, BNB_OPTIMIZERS[key])  # type: ignore[no-any-return]
+        return getattr(_import("bitsandbytes", "bitsandbytes", name).optim, BNB_OPTIMIZERS[key])
     if key in DADAPT_OPTIMIZERS:
-        return getattr(_import("dadaptation", "dadaptation", name), DADAPT_OPTIMIZERS[key])  # type: ignore[no-any-return]
+        return getattr(_import("dadaptation", "dadaptation", name), DADAPT_OPTIMIZERS[key])
     if key == "prodigy":
-        return _import("prodigyopt", "prodigyopt", name).Prodigy  # type: ignore[no-any-return]
+        return _import("prodigyopt", "prodigyopt", name).Prodigy
     if "." in name:
         module_name, _, class_name = name.rpartition(".")
         module = _import(module_name, module_name.split(".")[0], name)
@@ -175,8 +175,9 @@ def build_optimizer(
             if any(group.pop("lr", None) is not None for group in param_groups):
                 log.warning("Adafactor with relative_step: --unet_lr/--text_encoder_lr/block lr are ignored")
             forced, lr = f"adafactor:{learning_rate}", None
+    make: Callable[..., Optimizer] = cls  # each class takes (params, lr, its own options), not Optimizer's
     try:
-        optimizer = cls(param_groups, lr=lr, **fixed, **kwargs)
+        optimizer = make(param_groups, lr=lr, **fixed, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"--optimizer_args for {name}: {exc}") from None
     description = f"{cls.__module__}.{cls.__name__}"

@@ -137,7 +137,7 @@ class TrainingReport:
         rate_axes.set_ylim(0, 1.1 * max((r for r in self.learning_rates if math.isfinite(r)), default=1.0) or 1.0)
         rate_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         lines = loss_axes.get_lines() + rate_axes.get_lines()
-        figure.legend(lines, [line.get_label() for line in lines], loc="outside lower center", ncols=3)
+        figure.legend(lines, [str(line.get_label()) for line in lines], loc="outside lower center", ncols=3)
         loss_axes.set_title(f"{self.name}: {len(self.steps)} steps")
         with atomic_path(path, overwrite=True) as tmp:
             figure.savefig(tmp, format="png")

@@ -19,7 +19,7 @@ from adapters_core.train.dataset import ImageDataset
 from adapters_core.train.state import ResumePoint
 
 
-class EpochSyncDataset(Dataset):  # type: ignore[type-arg]
+class EpochSyncDataset(Dataset):
     """Passes the current epoch and step to the dataset, also inside worker processes.
 
     Worker processes hold a copy of the dataset; shared values carry the epoch (which fixes
@@ -75,7 +75,7 @@ def resolved_seed(args: TrainArgs, resume: ResumePoint | None) -> int:
     return random.randint(0, 2**32 - 1)
 
 
-def make_loader(sync: EpochSyncDataset, args: TrainArgs) -> DataLoader:  # type: ignore[type-arg]
+def make_loader(sync: EpochSyncDataset, args: TrainArgs) -> DataLoader:
     """kohya's loader: one dataset item (a whole batch) per step, in the dataset's order, with
     at most min(--max_data_loader_n_workers, CPU count) workers."""
     workers = min(args.max_data_loader_n_workers, os.cpu_count() or 1)

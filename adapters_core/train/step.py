@@ -93,7 +93,7 @@ def compute_loss(ctx: StepContext, batch: dict[str, Any]) -> torch.Tensor:
     latents = batch_latents(ctx, batch)
     cond = conditioning(ctx, batch)
     noise = training_noise(args, latents)
-    num_timesteps = scheduler.config.num_train_timesteps
+    num_timesteps = scheduler.config["num_train_timesteps"]
     timesteps = N.sample_timesteps(
         latents.shape[0],
         args.min_timestep or 0,

@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,13 +102,13 @@ def outputs_file_path(image_path: str | Path) -> Path:
 def save_outputs_npz(path: str | Path, outputs: TextOutputs, caption: str, fingerprint: str) -> None:
     """Write one caption's outputs (tensors without the batch dimension) atomically."""
     dtypes = {name: str(value.dtype).removeprefix("torch.") for name, value in outputs.items()}
-    arrays = {
+    arrays: dict[str, Any] = {
         name: (value.float() if value.dtype == torch.bfloat16 else value).detach().cpu().numpy()
         for name, value in outputs.items()
     }
-    info = json.dumps({"caption": caption, "fingerprint": fingerprint, "dtypes": dtypes})
+    arrays[_KEY_INFO] = np.str_(json.dumps({"caption": caption, "fingerprint": fingerprint, "dtypes": dtypes}))
     with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays, **{_KEY_INFO: np.str_(info)})
+        np.savez(f, **arrays)
 
 
 def load_outputs_npz(path: str | Path, caption: str, fingerprint: str) -> TextOutputs | None:

@@ -24,6 +24,8 @@ class LoRAModule(AdapterModule):
     training mode.
     """
 
+    alpha: torch.Tensor  # a buffer
+
     def __init__(
         self,
         name: str,
@@ -44,10 +46,10 @@ class LoRAModule(AdapterModule):
             assert isinstance(layer, nn.Conv2d)
             self.stride = layer.stride
             self.padding = layer.padding
-            self.lora_down: nn.Module = nn.Conv2d(
-                layer.in_channels, dim, layer.kernel_size, layer.stride, layer.padding, bias=False
+            self.lora_down: nn.Conv2d | nn.Linear = nn.Conv2d(  # torch types kernel_size etc. as tuple[int, ...]
+                layer.in_channels, dim, layer.kernel_size, layer.stride, layer.padding, bias=False  # type: ignore[arg-type]
             )
-            self.lora_up: nn.Module = nn.Conv2d(dim, layer.out_channels, 1, 1, bias=False)
+            self.lora_up: nn.Conv2d | nn.Linear = nn.Conv2d(dim, layer.out_channels, 1, 1, bias=False)
         else:
             assert isinstance(layer, nn.Linear)
             self.lora_down = nn.Linear(layer.in_features, dim, bias=False)

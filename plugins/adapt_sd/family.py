@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 HIDDEN_STATE = "hidden_state"
 """The one tensor an SD 1.x/2.x prompt encodes to: the text encoder's hidden states."""
 
-SD_COMPONENTS = (
+SD_COMPONENTS: tuple[Component, ...] = (
     Component("text_encoder", "lora_te", "text_encoder"),
     Component("unet", "lora_unet", "unet"),
 )
@@ -195,8 +195,8 @@ class StableDiffusionFamily(ModelFamily):
             tokenizer=model.tokenizer,
             unet=model.unet,
             scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
+            safety_checker=None,  # type: ignore[arg-type]  # diffusers accepts None (documented), types say not
+            feature_extractor=None,  # type: ignore[arg-type]
             requires_safety_checker=False,
         )
 

@@ -28,7 +28,7 @@ NOT_WRITABLE = "not writable"
 FULL = "no space left"
 
 # Every reader of adapter files, given each broken container: the line names the file (and the fault).
-BROKEN_FILES = [
+BROKEN_FILES: list[tuple[str, Needle]] = [
     ("corrupt_header.safetensors", ("corrupt_header.safetensors", "corrupt safetensors header")),
     ("huge_header.safetensors", "huge_header.safetensors"),
     ("truncated.safetensors", "truncated.safetensors"),
@@ -39,7 +39,7 @@ BROKEN_FILES = [
     ("missing.safetensors", "missing.safetensors"),
     ("a_folder", "a_folder"),
 ]
-NON_FINITE = [
+NON_FINITE: list[tuple[str, Needle]] = [
     ("nan.safetensors", ("nan.safetensors", "NaN")),
     ("inf.safetensors", ("inf.safetensors", "infinite")),
     ("nan_alpha.safetensors", ("nan_alpha.safetensors", "NaN")),

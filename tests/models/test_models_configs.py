@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from adapters_core.models import build_sd15_text_encoder, build_sd15_unet
-from adapters_core.models.bundled import TINY_TOKENIZER_DIR, config_dir, load_config
+from adapters_core.models.bundled import TINY_TOKENIZER_DIR, ConfigName, config_dir, load_config
 from adapters_core.models.tiny import build_sd2_text_encoder, build_sd2_unet
 
 
@@ -19,7 +19,7 @@ def _count(module: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name", ["sd_v1", "sd_v2", "sd_v2_v", "tiny"])
-def test_bundled_configs_build_the_classes(name: str) -> None:
+def test_bundled_configs_build_the_classes(name: ConfigName) -> None:
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(load_config(name, "unet"))
         vae = AutoencoderKL.from_config(load_config(name, "vae"))
@@ -39,7 +39,7 @@ def test_real_size_modules_on_meta() -> None:
     assert _count(unet) == 859_520_964
     assert _count(build_sd15_text_encoder()) == 123_060_480
     assert _count(build_sd2_unet(dtype=torch.float16)) == 865_910_724
-    assert build_sd2_unet(v_parameterization=True).config.sample_size == 96
+    assert build_sd2_unet(v_parameterization=True).config["sample_size"] == 96
     te2 = build_sd2_text_encoder()
     assert len(te2.encoder.layers) == 23
     assert te2.config.hidden_act == "gelu" and te2.config.hidden_size == 1024

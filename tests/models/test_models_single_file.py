@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -118,7 +119,7 @@ def test_diffusers_reads_our_single_file(tiny_files: dict[str, Path], tiny: SDMo
 
 def test_v2_text_encoder_takes_dropped_layer_from_template(tmp_path: Path) -> None:
     torch.manual_seed(5)
-    config = {"vocab_size": 194, "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+    config: dict[str, Any] = {"vocab_size": 194, "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
               "max_position_embeddings": 77, "hidden_act": "gelu"}
     full = CLIPTextModel(CLIPTextConfig(**config, num_hidden_layers=3))
     source = tmp_path / "v2.safetensors"

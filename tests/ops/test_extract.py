@@ -35,6 +35,7 @@ from adapters_core.linalg import (
 from adapters_core.models import save_single_file, to_pipeline
 from adapters_core.ops.deltas import read_adapter
 from adapters_core.ops.extract import CLIP_BUDGET, extract_from_models, extract_modules
+from adapters_core.targets import layer_weight
 
 CONV = "lora_unet_down_blocks_1_resnets_0_conv2"  # a 3x3 conv of the tiny U-Net, 64 -> 64
 
@@ -142,7 +143,7 @@ def write_tuned(path: Path, *, seed: int, text_encoder: bool) -> Path:
         for target in targets(model):
             if target.component == "text_encoder" and not text_encoder:
                 continue
-            weight = target.layer.weight
+            weight = layer_weight(target.layer)
             out, n = weight.shape[0], weight[0].numel()
             strength = torch.tensor([0.2 / (i + 1) for i in range(6)])
             change = (
@@ -201,10 +202,10 @@ def test_exact_extraction_is_the_truncated_svd_and_skips_an_unchanged_text_encod
     pipe.fuse_lora(lora_scale=1.0)
     pipe.unload_lora_weights()
     base = layer_weights(tiny.model)
-    for target in targets(pipe):  # type: ignore[arg-type]
+    for target in targets(pipe):
         if target.name in adapter.modules:
             expected = base[target.name] + reference_delta(adapter.modules[target.name], base[target.name].shape)
-            assert torch.allclose(target.layer.weight.detach().double(), expected, atol=1e-5)
+            assert torch.allclose(layer_weight(target.layer).detach().double(), expected, atol=1e-5)
 
 
 def test_defaults_are_within_one_percent_cover_te_and_convs_and_print_the_fit(
@@ -239,7 +240,7 @@ def write_unbalanced_conv_change(path: Path) -> tuple[Path, torch.Tensor]:
     model = build_tiny_model()
     target = next(t for t in targets(model) if t.name == CONV)
     generator = torch.Generator().manual_seed(9)
-    weight = target.layer.weight
+    weight = layer_weight(target.layer)
     change = (torch.randn(weight.shape[0], 2, generator=generator) @ torch.randn(2, weight[0].numel(), generator=generator))
     with torch.no_grad():
         weight += 0.01 * change.reshape(weight.shape)
@@ -303,6 +304,6 @@ def test_non_finite_weights_are_refused_naming_the_layer(tiny: TinyFiles) -> Non
     tuned = build_tiny_model()
     target = next(t for t in targets(tuned) if t.name == CONV)
     with torch.no_grad():
-        target.layer.weight[0, 0, 1, 1] = float("nan")
+        layer_weight(target.layer)[0, 0, 1, 1] = float("nan")
     with pytest.raises(NonFiniteError, match=f"^{CONV}: the weights differ by NaN or infinite values"):
         extract_modules(tuned.family, tiny.model.components, tuned.components, dim=2, conv_dim=2)

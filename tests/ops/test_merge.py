@@ -32,6 +32,7 @@ from adapters_core.models.ldm_layout import TE_V2_PREFIX
 from adapters_core.ops.deltas import read_adapter
 from adapters_core.ops.merge import merge_adapters
 from adapters_core.ops.merge_model import merge_into_model
+from adapters_core.targets import layer_weight
 
 
 def expected_weights(
@@ -85,7 +86,7 @@ def test_merge_diffusers_folder_to_folder_and_single_file(tiny: TinyFiles, tmp_p
     expected = expected_weights(tiny, files, [1.0, 0.5])
     folder = merge_into_model(tiny.folder, paths, [1.0, 0.5], save_to=tmp_path / "merged")
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
-    assert_weights({t.name: t.layer.weight for t in targets(pipe)}, expected)  # type: ignore[arg-type]
+    assert_weights({t.name: layer_weight(t.layer) for t in targets(pipe)}, expected)  # type: ignore[arg-type]
     single = merge_into_model(tiny.folder, paths, [1.0, 0.5], save_to=tmp_path / "m.safetensors", save_precision="fp16")
     with safe_open(str(single), "pt") as handle:
         assert handle.get_tensor("model.diffusion_model.input_blocks.0.0.weight").dtype == torch.float16
@@ -189,7 +190,7 @@ def test_concat_is_the_exact_sum_and_loads_in_diffusers(tiny: TinyFiles, tmp_pat
     pipe.load_lora_weights(str(out))
     pipe.fuse_lora(lora_scale=1.0)
     pipe.unload_lora_weights()
-    assert_weights({t.name: t.layer.weight for t in targets(pipe)}, expected, tol=1e-5)  # type: ignore[arg-type]
+    assert_weights({t.name: layer_weight(t.layer) for t in targets(pipe)}, expected, tol=1e-5)
 
 
 def test_differing_ranks_point_to_svd_merge(tiny: TinyFiles, tmp_path: Path, adapt) -> None:

@@ -25,7 +25,7 @@ from adapters_core.models import SDModel, build_tiny_model, write_tiny_model  # 
 from adapters_core.module import AdapterModule  # noqa: E402
 from adapters_core.network import resolve_model  # noqa: E402
 from adapters_core.plugins import LoadedPlugin, get_registry, hookimpl, reset_registry  # noqa: E402
-from adapters_core.targets import Target, model_targets  # noqa: E402
+from adapters_core.targets import Target, layer_weight, model_targets  # noqa: E402
 from adapters_core.types import ModuleSpec, NetworkType  # noqa: E402
 
 TOOL_COMMANDS = (merge, svd_merge, extract, resize, inspect)
@@ -81,7 +81,7 @@ def random_lora(
     for target in targets(model, conv=bool(conv_dim)):
         if target.component == "text_encoder" and not text_encoder:
             continue
-        shape = target.layer.weight.shape
+        shape = layer_weight(target.layer).shape
         conv3x3 = target.layer_kind == "conv3x3"
         rank = conv_dim if conv3x3 else dim
         assert rank is not None
@@ -122,7 +122,7 @@ def reference_delta(module: Mapping[str, torch.Tensor], shape: torch.Size) -> to
 
 
 def layer_weights(model: SDModel) -> dict[str, torch.Tensor]:
-    return {t.name: t.layer.weight.detach().double() for t in targets(model)}
+    return {t.name: layer_weight(t.layer).detach().double() for t in targets(model)}
 
 
 def truncation_error(matrix: torch.Tensor, rank: int) -> float:
@@ -140,7 +140,7 @@ class FullDeltaModule(AdapterModule):
 
     def __init__(self, spec: ModuleSpec) -> None:
         super().__init__(spec.name)
-        weight = spec.layer.weight
+        weight = layer_weight(spec.layer)
         self.weight_shape = weight.shape
         self.conv = isinstance(spec.layer, torch.nn.Conv2d)
         self.conv_args = (spec.layer.stride, spec.layer.padding) if self.conv else ()
@@ -202,7 +202,7 @@ def fulldelta_tensors(model: SDModel, *, rank: int = 3, seed: int = 0, scale: fl
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     for target in targets(model, conv=False):
-        shape = target.layer.weight.shape
+        shape = layer_weight(target.layer).shape
         n = torch.Size(shape[1:]).numel()
         diff = (torch.randn(shape[0], rank, generator=generator) @ torch.randn(rank, n, generator=generator)) * scale
         tensors[f"{target.name}.diff"] = diff
@@ -218,6 +218,7 @@ def adapt(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -
     from adapt_cli.main import cli, main
 
     for command in TOOL_COMMANDS:
+        assert command.name is not None
         monkeypatch.setitem(cli.commands, command.name, command)
 
     def run(*args: object) -> tuple[int, str, str]:

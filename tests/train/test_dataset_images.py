@@ -114,6 +114,7 @@ image_dir = "{(tmp_path / 'a').as_posix()}"
         b = ds[i]
         assert b["images"].shape[2:] == (b["bucket_reso"][1], b["bucket_reso"][0])
     info = ds.infos[0].bucket_info
+    assert info is not None
     assert sorted(v["count"] for v in info["buckets"].values()) == [2, 3]
 
 

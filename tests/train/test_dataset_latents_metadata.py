@@ -36,10 +36,16 @@ def test_cache_file_name_is_kohyas(tmp_path: Path) -> None:
     assert cache_file_path("x/img.jpg", 12345, 7).name == "img_12345x0007_sd.npz"
 
 
+def _load(npz: Path, flipped: bool = False) -> torch.Tensor:
+    latents = load_latents_npz(npz, (64, 48), flipped=flipped)
+    assert latents is not None
+    return latents
+
+
 def test_latents_round_trip_and_kohya_keys(tmp_path: Path) -> None:
     _, npz, latents = cached_image(tmp_path)
-    assert torch.equal(load_latents_npz(npz, (64, 48)), latents)
-    assert torch.equal(load_latents_npz(npz, (64, 48), flipped=True), latents.flip(-1))
+    assert torch.equal(_load(npz), latents)
+    assert torch.equal(_load(npz, flipped=True), latents.flip(-1))
     with np.load(npz) as data:
         assert {"latents", "original_size", "crop_ltrb", "latents_flipped"} <= set(data.files)
         assert data["original_size"].tolist() == [64, 48]
@@ -57,7 +63,7 @@ def test_changed_image_invalidates_even_with_same_size(tmp_path: Path) -> None:
     image, npz, latents = cached_image(tmp_path)
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, same bytes: still valid
-    assert torch.equal(load_latents_npz(npz, (64, 48)), latents)
+    assert torch.equal(_load(npz), latents)
     size, mtime = image.stat().st_size, image.stat().st_mtime_ns
     Image.new("RGB", (64, 48), (1, 2, 4)).save(image)  # same dimensions and byte size, other pixels
     assert image.stat().st_size == size

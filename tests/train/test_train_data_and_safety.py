@@ -170,7 +170,8 @@ def assert_training_report(out: Path, rounds: list[list[Path]]) -> None:
         for row, images in enumerate(rounds):
             for column, path in enumerate(images):
                 x, y = layout.cell_origin(column, row)
-                cell = sheet.crop((x, y, x + layout.cell_width, y + layout.cell_height)).resize((64, 64), Image.NEAREST)
+                cell = sheet.crop((x, y, x + layout.cell_width, y + layout.cell_height))
+                cell = cell.resize((64, 64), Image.Resampling.NEAREST)
                 with Image.open(path) as image:
                     assert list(cell.convert("RGB").getdata()) == list(image.convert("RGB").getdata())
     with Image.open(out / "s_loss.png") as plot:

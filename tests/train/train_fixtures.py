@@ -18,7 +18,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
+from click.testing import CliRunner, Result  # noqa: E402
 
 from adapt_cli import main as cli_main  # noqa: E402
 from adapt_cli.commands.train import train  # noqa: E402
@@ -105,6 +105,6 @@ def run_adapt(argv: list[str], capsys: pytest.CaptureFixture[str] | None = None)
     return Run(code, text)
 
 
-def invoke_train(argv: list[str]) -> CliRunner:
+def invoke_train(argv: list[str]) -> Result:
     """The click command object directly (output captured by click)."""
     return CliRunner().invoke(train, argv, catch_exceptions=True)

@@ -243,7 +243,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def pixels(self, image_path: Path, bucket_reso: Reso, flipped: bool = False) -> torch.Tensor:
         """Deterministic pixels ([3,H,W] in [-1,1], centre crop, no colour aug) for latent encoding."""
-        record = self._by_key[(Path(image_path), tuple(bucket_reso))]
+        width, height = bucket_reso
+        record = self._by_key[(Path(image_path), (width, height))]
         return self._pixels(record, random.Random(self.seed), flipped, augment=False)[0]
 
     def __getitem__(self, index: int) -> dict[str, Any]:

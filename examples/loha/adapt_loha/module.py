@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +21,8 @@ class LoHaModule(AdapterModule):
     so a fresh module adds exactly nothing while every factor still gets a gradient.
     """
 
+    alpha: torch.Tensor  # a buffer
+
     def __init__(self, name: str, layer: nn.Module, dim: int, alpha: float | None) -> None:
         super().__init__(name)
         if not isinstance(layer, (nn.Linear, nn.Conv2d)):
@@ -27,7 +31,7 @@ class LoHaModule(AdapterModule):
         out_dim, in_dim = weight_shape[0], int(torch.Size(weight_shape[1:]).numel())
         self.lora_dim = dim
         self.weight_shape = weight_shape
-        self.conv_args: dict[str, object] | None = None
+        self.conv_args: dict[str, Any] | None = None
         if isinstance(layer, nn.Conv2d):
             self.conv_args = {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation,
                               "groups": layer.groups}
@@ -45,5 +49,5 @@ class LoHaModule(AdapterModule):
         if self.conv_args is None:
             out = F.linear(x, weight)
         else:
-            out = F.conv2d(x, weight, None, **self.conv_args)  # type: ignore[arg-type]
+            out = F.conv2d(x, weight, None, **self.conv_args)
         return base + out.to(base.dtype)
