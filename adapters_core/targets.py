@@ -8,7 +8,7 @@ installed transformers version.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -105,11 +105,14 @@ def unet_targets(
     prefix: str = UNET_PREFIX,
     component: str = "unet",
     blocks: BlockLayout = SD_BLOCKS,
+    path_for_name: Callable[[str], str] | None = None,
 ) -> list[Target]:
+    """``path_for_name`` maps a layer's path to the one its kohya name is built from (the
+    family's :meth:`~adapters_core.family.ModelFamily.module_path_for_name`; default: itself)."""
     containers = UNET_ATTENTION_CONTAINERS | (UNET_CONV_CONTAINERS if include_conv_blocks else frozenset())
     targets: dict[str, Target] = {}
     for container, path, layer in _candidates(unet, containers):
-        name = kohya_name(prefix, path)
+        name = kohya_name(prefix, path_for_name(path) if path_for_name is not None else path)
         targets.setdefault(
             name,
             Target(
@@ -162,6 +165,11 @@ def model_targets(
             found += text_encoder_targets(root, part.kohya_prefix, part.name)
         else:
             found += unet_targets(
-                root, include_conv_blocks, prefix=part.kohya_prefix, component=part.name, blocks=family.blocks
+                root,
+                include_conv_blocks,
+                prefix=part.kohya_prefix,
+                component=part.name,
+                blocks=family.blocks,
+                path_for_name=lambda path, part=part: family.module_path_for_name(part, path),
             )
     return found

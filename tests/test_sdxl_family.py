@@ -1,0 +1,151 @@
+"""SDXL as a model-family plugin (package adapt_sdxl): kohya's module set and names on an
+SDXL-sized model, its block layout, loading a Diffusers folder and an SGM single file, and
+``check``/``inspect`` on an SDXL LoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import randomize
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from adapt_cli.main import main
+from adapt_sdxl.blocks import sdxl_block_index
+from adapt_sdxl.tiny import build_tiny_sdxl_model, write_tiny_sdxl_model
+from adapters_core.errors import BlockSpecError, ModelLoadError
+from adapters_core.formats import save_adapter
+from adapters_core.models import load_sd_model
+from adapters_core.network import Network
+from adapters_core.plugins import get_registry
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("sdxl")
+    write_tiny_sdxl_model(root / "model", seed=0, single_file=root / "tiny_sdxl.safetensors")
+    return SimpleNamespace(root=root, folder=root / "model", single=root / "tiny_sdxl.safetensors")
+
+
+def module_names(net: Network) -> list[str]:
+    return [name for name, _ in net.adapter_modules()]
+
+
+def test_lierla_on_sdxl_sized_model_has_kohyas_module_set() -> None:
+    family = get_registry().family("sdxl")
+    components = family.build_components(device="meta")
+    names = module_names(Network.create("lora", family=family, components=components, options={"network_dim": 4}))
+    unet = [n for n in names if n.startswith("lora_unet_")]
+    te1 = [n for n in names if n.startswith("lora_te1_text_model_")]
+    te2 = [n for n in names if n.startswith("lora_te2_text_model_")]
+    assert (len(unet), len(te1), len(te2)) == (722, 72, 192)  # kohya's SDXL LoRA counts
+    assert len(unet) + len(te1) + len(te2) == len(names)
+    for name in (
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+        "lora_unet_input_blocks_7_1_transformer_blocks_9_ff_net_2",
+        "lora_unet_middle_block_1_transformer_blocks_9_attn2_to_k",
+        "lora_unet_output_blocks_0_1_proj_out",
+        "lora_unet_output_blocks_5_1_transformer_blocks_1_attn2_to_out_0",
+        "lora_te2_text_model_encoder_layers_31_mlp_fc2",
+    ):
+        assert name in names
+    # kohya's SDXL block index: input_blocks_N -> 1 + N, middle_block_N -> 10 + N, output_blocks_N -> 13 + N
+    assert [sdxl_block_index(n) for n in (unet[0], "lora_unet_middle_block_1_proj_in", "lora_unet_output_blocks_8_1_x",
+                                          "lora_unet_time_embed_0", "lora_unet_out_2", "lora_te1_x")] == [5, 11, 21, 0, 22, -1]
+
+
+def test_sd_names_are_unchanged() -> None:
+    family = get_registry().family("sd1")
+    net = Network.create("lora", family=family, components=family.build_components(device="meta"))
+    names = module_names(net)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in names and len(names) == 192 + 72
+
+
+def test_block_dims_need_kohyas_23_sdxl_blocks() -> None:
+    model = build_tiny_sdxl_model()
+    dims = ",".join(["0"] * 5 + ["2"] + ["0"] * 17)  # rank 2 in block 5 only (input_blocks_4)
+    net = Network.create("lora", model=model, options={"block_dims": dims, "block_alphas": ",".join(["1"] * 23)})
+    unet = [n for n in module_names(net) if n.startswith("lora_unet_")]
+    assert unet and all(n.startswith("lora_unet_input_blocks_4_") for n in unet)
+    with pytest.raises(BlockSpecError, match=r"block_dims: expected exactly 23 comma-separated values, got 25") as info:
+        Network.create("lora", model=model, options={"block_dims": ",".join(["4"] * 25)})
+    assert "\n" not in str(info.value)
+    with pytest.raises(BlockSpecError, match=r"down_lr_weight: expected 9 values, got 12"):
+        Network.create("lora", model=model, options={"down_lr_weight": ",".join(["1"] * 12)})
+    net = Network.create("lora", model=model, options={"mid_lr_weight": "1,0,1"})  # lr 0 for middle_block_1
+    names = module_names(net)
+    assert not any(n.startswith("lora_unet_middle_block_") for n in names)
+    assert any(n.startswith("lora_unet_output_blocks_") for n in names)
+
+
+def test_diffusers_folder_and_single_file_load_the_same_weights(tiny) -> None:
+    folder, single = load_sd_model(tiny.folder), load_sd_model(tiny.single)
+    assert folder.family.name == single.family.name == "tiny_sdxl"
+    for name in ("text_encoder", "text_encoder_2", "unet"):
+        a, b = folder.components[name].state_dict(), single.components[name].state_dict()
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    assert all(torch.equal(v, single.vae.state_dict()[k]) for k, v in folder.vae.state_dict().items())
+    built = build_tiny_sdxl_model(seed=0)
+    assert torch.equal(built.unet.conv_in.weight, single.unet.conv_in.weight)
+    with safe_open(tiny.single, "pt") as handle:
+        keys = set(handle.keys())
+        projection = handle.get_tensor("conditioner.embedders.1.model.text_projection")
+    # open_clip's layout: fused q/k/v, x @ P projection
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys and "first_stage_model.encoder.conv_in.weight" in keys
+    assert torch.equal(projection, built.components["text_encoder_2"].text_projection.weight.t())
+
+
+def test_a_single_file_without_an_embedder_is_one_line(tiny, tmp_path: Path) -> None:
+    tensors = {k: v for k, v in load_file(tiny.single).items() if not k.startswith("conditioner.embedders.1.")}
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, broken)
+    with pytest.raises(ModelLoadError, match=r"SDXL checkpoint without its OpenCLIP ViT-bigG text encoder") as info:
+        load_sd_model(broken)
+    assert "conditioner.embedders.1.model.*" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_check_and_inspect_an_sdxl_lora(tiny, tmp_path: Path, capsys) -> None:
+    model = build_tiny_sdxl_model()
+    net = Network.create("lora", model=model, options={"network_dim": 2, "network_alpha": 1})
+    randomize(net, std=0.1)
+    lora = save_adapter(tmp_path / "sdxl_lora.safetensors", {k: v.clone() for k, v in net.state_dict().items()},
+                        metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    count = len(module_names(net))
+    for model_arg in (tiny.folder, tiny.single):
+        capsys.readouterr()
+        assert main(["check", str(lora), "--model", str(model_arg), "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["ok"] and data["unmatched"] == [] and len(data["modules"]) == count
+    modules = {m["module"]: m for m in data["modules"]}
+    assert modules["lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"]["layer"] == (
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    )
+    assert main(["inspect", str(lora)]) == 0
+    out = capsys.readouterr().out
+    assert "base model:    sdxl_base_v1-0" in out and f"modules:       {count} ({3 * count} keys)" in out
+    assert "lora_te2_text_model_encoder_layers_2_mlp_fc2" in out
+
+    # the same file with SD 1.x's one-encoder prefix: refused, naming why
+    renamed = {k.replace("lora_te1_", "lora_te_"): v for k, v in net.state_dict().items() if "lora_te2_" not in k}
+    sd_style = save_adapter(tmp_path / "sd_style.safetensors", renamed)
+    assert main(["check", str(sd_style), "--model", str(tiny.folder)]) == 1
+    assert "lora_te_" in capsys.readouterr().out
+
+
+def test_diffusers_named_unet_modules_load_onto_the_same_layers(tiny) -> None:
+    model = build_tiny_sdxl_model()
+    net = Network.create("lora", model=model, options={"network_dim": 2})
+    randomize(net, std=0.1)
+    tensors = net.state_dict()
+    target = net.targets["lora_unet_input_blocks_4_1_proj_in"]
+    diffusers_name = "lora_unet_" + target.module_path.replace(".", "_")
+    renamed = {k.replace("lora_unet_input_blocks_4_1_proj_in.", f"{diffusers_name}."): v for k, v in tensors.items()}
+    loaded = Network.from_weights(renamed, model=model)
+    assert loaded.targets["lora_unet_input_blocks_4_1_proj_in"].layer is target.layer
+    assert len(module_names(loaded)) == len(module_names(net))
