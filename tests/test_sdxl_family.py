@@ -11,17 +11,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import randomize
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from adapt_cli.main import main
 from adapt_sdxl.blocks import sdxl_block_index
 from adapt_sdxl.tiny import build_tiny_sdxl_model, write_tiny_sdxl_model
-from adapters_core.errors import BlockSpecError, ModelLoadError
-from adapters_core.formats import save_adapter
+from adapters_core.errors import BlockSpecError, ConfigError, ModelLoadError
+from adapters_core.formats import load_adapter, save_adapter
 from adapters_core.models import load_sd_model
 from adapters_core.network import Network
 from adapters_core.plugins import get_registry
+from adapters_core.train.dataset import write_demo_dataset
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +151,80 @@ def test_diffusers_named_unet_modules_load_onto_the_same_layers(tiny) -> None:
     loaded = Network.from_weights(renamed, model=model)
     assert loaded.targets["lora_unet_input_blocks_4_1_proj_in"].layer is target.layer
     assert len(module_names(loaded)) == len(module_names(net))
+
+
+def test_merge_into_the_single_file_equals_the_folder_merge(tiny, tmp_path: Path) -> None:
+    model = build_tiny_sdxl_model()
+    net = Network.create("c3lier", model=model, options={"network_dim": 2, "conv_dim": 2})
+    randomize(net, std=0.1)
+    lora = save_adapter(tmp_path / "c3lier.safetensors", {k: v.clone() for k, v in net.state_dict().items()})
+    merged_file, merged_folder = tmp_path / "merged.safetensors", tmp_path / "merged"
+    for source, target in ((tiny.single, merged_file), (tiny.folder, merged_folder)):
+        assert main(["merge", "--sd_model", str(source), "--models", str(lora), "--save_to", str(target)]) == 0
+    streamed, folder = load_sd_model(merged_file), load_sd_model(merged_folder)
+    for name in ("text_encoder", "text_encoder_2", "unet"):
+        a, b = streamed.components[name].state_dict(), folder.components[name].state_dict()
+        base = model.components[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+        assert sum(not torch.equal(a[k], base[k]) for k in a) > 0, name
+    # the fused OpenCLIP q/k/v of the single file took each part's delta: q of layer 0 as one example
+    name = "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
+    up, down = net.state_dict()[f"{name}.lora_up.weight"], net.state_dict()[f"{name}.lora_down.weight"]
+    expected = model.components["text_encoder_2"].text_model.encoder.layers[0].self_attn.q_proj.weight + 0.5 * up @ down
+    with safe_open(merged_file, "pt") as handle:
+        fused = handle.get_tensor("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight")
+    torch.testing.assert_close(fused[: expected.shape[0]], expected, atol=1e-6, rtol=0)
+
+
+def test_time_ids_follow_kohyas_size_conditioning() -> None:
+    from adapt_sdxl.conditioning import size_conditioning, time_ids
+
+    # a 1200x900 (w x h) image in the 1024x832 bucket: fitted inside it is 1024x768, 32 above
+    assert size_conditioning((1200, 900), False, (1024, 832)) == [900, 1200, 32, 0, 832, 1024]
+    # a 900x1200 one: fitted 624x832, 200 to the left; flipped, left = 1024 - (200 + 624)
+    assert size_conditioning((900, 1200), False, (1024, 832)) == [1200, 900, 0, 200, 832, 1024]
+    assert size_conditioning((901, 1200), True, (1024, 832))[3] == int(1024 - (199 + 832 * 901 / 1200))
+    batch = {"original_sizes": [(40, 30), (32, 32)], "flipped": [False, True], "bucket_reso": (32, 32)}
+    assert time_ids(batch).tolist() == [[30.0, 40.0, 4.0, 0.0, 32.0, 32.0], [32.0, 32.0, 0.0, 0.0, 32.0, 32.0]]
+    with pytest.raises(ConfigError, match="lacks flipped, bucket_reso"):
+        time_ids({"original_sizes": [(40, 30)]})
+
+
+def test_train_and_generate_on_the_tiny_sdxl_folder(tiny, tmp_path: Path, capsys) -> None:
+    data = write_demo_dataset(tmp_path / "data", n_images=2, size=32, seed=0)
+    out = tmp_path / "out"
+    assert main([
+        "train", "--pretrained_model_name_or_path", str(tiny.folder), "--train_data_dir", str(data),
+        "--caption_extension", ".txt", "--resolution", "32", "--output_dir", str(out), "--max_train_steps", "2",
+        "--learning_rate", "1e-2", "--seed", "1", "--network_dim", "2", "--max_data_loader_n_workers", "0",
+        "--no_report_images",
+    ]) == 0, capsys.readouterr().err
+    adapter = load_adapter(out / "last.safetensors")
+    assert adapter.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert adapter.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert adapter.metadata["ss_v2"] == "False"
+    ups = [k for k in adapter.tensors if k.endswith("lora_up.weight")]
+    for prefix in ("lora_te1_", "lora_te2_", "lora_unet_input_blocks_", "lora_unet_output_blocks_"):
+        assert any(adapter.tensors[k].abs().sum() > 0 for k in ups if k.startswith(prefix)), prefix  # all trained
+    images = tmp_path / "images"
+    assert main([
+        "generate", "--model", str(tiny.folder), "--network_weights", str(out / "last.safetensors"),
+        "--prompt", "a sks shape", "--W", "32", "--H", "32", "--steps", "2", "--seed", "3", "--outdir", str(images),
+    ]) == 0, capsys.readouterr().err
+    (png,) = images.glob("*.png")
+    assert Image.open(png).size == (32, 32)
+
+
+def test_denoising_loss_conditions_on_the_images_sizes(tiny, tmp_path: Path) -> None:
+    from adapters_core.train.args import TrainArgs
+    from adapters_core.train.components import build_dataset
+    from adapters_core.train.evaluation import denoising_loss
+
+    data = write_demo_dataset(tmp_path / "data", n_images=1, size=32, seed=0)
+    args = TrainArgs(pretrained_model_name_or_path=str(tiny.folder), train_data_dir=str(data),
+                     caption_extension=".txt", resolution="32", output_dir=str(tmp_path / "out"))
+    model, dataset = load_sd_model(tiny.folder), build_dataset(args, None)
+    loss = denoising_loss(model, dataset)
+    assert 0.5 < loss < 2.0  # epsilon MSE of an untrained model: about 1
+    model.unet.add_embedding.linear_1.weight.data.mul_(3.0)  # the size/pooled embedding takes part
+    assert denoising_loss(model, dataset) != loss

@@ -3,8 +3,9 @@
 A prompt encodes to both text encoders' penultimate hidden states (no final layer norm),
 side by side (768 + 1280 = 2048 wide), and the second encoder's projected pooled embedding.
 The U-Net also takes six size numbers per image (``time_ids``): the original image size
-(height, width), the crop's top-left corner in the resized image, and the target (bucket)
-size, each embedded by the U-Net like a timestep.
+(height, width), Stability's crop top-left (the margins of the image fitted inside the
+bucket, kohya's ``get_crop_ltrb``) and the target (bucket) size, each embedded by the U-Net
+like a timestep.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from adapters_core.family import TextOutputs
 from adapters_core.models import clip_text
 
 ENCODERS = ("text_encoder", "text_encoder_2")
-SIZE_KEYS = ("original_sizes", "crop_ltrb", "flipped", "bucket_reso")
+SIZE_KEYS = ("original_sizes", "flipped", "bucket_reso")
 
 
 def _penultimate(encoder: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -50,24 +51,38 @@ def encode_prompts(
     return {HIDDEN_STATE: torch.cat(states, dim=-1), POOLED: pooled}
 
 
-def size_conditioning(
-    original_size: Sequence[int], crop_ltrb: Sequence[int], flipped: bool, bucket_reso: Sequence[int]
-) -> list[int]:
+def crop_ltrb(bucket_reso: Sequence[int], image_size: Sequence[int]) -> tuple[float, float, float, float]:
+    """Stability's crop numbers as kohya computes them for SDXL (not the crop actually made):
+    the image scaled to fit inside the bucket, centred; left/top are the margins, right/bottom
+    the far edges (right serves flipped images). Sizes are (width, height)."""
+    bucket_w, bucket_h = bucket_reso[0], bucket_reso[1]
+    image_ar = image_size[0] / image_size[1]
+    if bucket_w / bucket_h > image_ar:  # the bucket is wider: fit the height
+        width, height = bucket_h * image_ar, float(bucket_h)
+    else:
+        width, height = float(bucket_w), bucket_w / image_ar
+    left, top = (bucket_w - width) // 2, (bucket_h - height) // 2
+    return left, top, left + width, top + height
+
+
+def size_conditioning(original_size: Sequence[int], flipped: bool, bucket_reso: Sequence[int]) -> list[int]:
     """kohya's six numbers for one image (sizes given as width, height): original (h, w), crop
-    top-left (top, left), target (h, w); a flipped image's crop left counts from the other side."""
+    top-left (top, left), target = bucket (h, w); a flipped image's left is the bucket width
+    minus the right edge."""
+    left, top, right, _ = crop_ltrb(bucket_reso, original_size)
     width, height = int(bucket_reso[0]), int(bucket_reso[1])
-    left = width - int(crop_ltrb[2]) if flipped else int(crop_ltrb[0])
-    return [int(original_size[1]), int(original_size[0]), int(crop_ltrb[1]), left, height, width]
+    left = width - right if flipped else left
+    return [int(original_size[1]), int(original_size[0]), int(top), int(left), height, width]
 
 
 def time_ids(batch: Mapping[str, Any]) -> torch.Tensor:
-    """The batch's ``time_ids`` [B, 6] from its sizes, crops, flips and bucket."""
+    """The batch's ``time_ids`` [B, 6] from its images' original sizes, flips and bucket."""
     missing = [key for key in SIZE_KEYS if key not in batch]
     if missing:
         raise ConfigError(f"an SDXL training batch needs {', '.join(SIZE_KEYS)}; it lacks {', '.join(missing)}")
     rows = [
-        size_conditioning(original, crop, flipped, batch["bucket_reso"])
-        for original, crop, flipped in zip(batch["original_sizes"], batch["crop_ltrb"], batch["flipped"])
+        size_conditioning(original, flipped, batch["bucket_reso"])
+        for original, flipped in zip(batch["original_sizes"], batch["flipped"])
     ]
     return torch.tensor(rows, dtype=torch.float32)
 
