@@ -228,3 +228,17 @@ def test_denoising_loss_conditions_on_the_images_sizes(tiny, tmp_path: Path) -> 
     assert 0.5 < loss < 2.0  # epsilon MSE of an untrained model: about 1
     model.unet.add_embedding.linear_1.weight.data.mul_(3.0)  # the size/pooled embedding takes part
     assert denoising_loss(model, dataset) != loss
+
+
+def test_extract_from_two_sdxl_single_files(tiny, tmp_path: Path, capsys) -> None:
+    tuned = tmp_path / "tuned.safetensors"
+    write_tiny_sdxl_model(tmp_path / "tuned", seed=1, single_file=tuned)
+    out = tmp_path / "extracted.safetensors"
+    assert main(["extract", "--model_org", str(tiny.single), "--model_tuned", str(tuned), "--save_to", str(out),
+                 "--dim", "2"]) == 0, capsys.readouterr().err
+    adapter = load_adapter(out)
+    modules = {key.partition(".")[0] for key in adapter.tensors}
+    assert len(modules) == 222 and adapter.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert "lora_unet_output_blocks_5_1_transformer_blocks_0_ff_net_2" in modules
+    assert sum(m.startswith("lora_te2_") for m in modules) == 18  # 3 layers x 6
+    assert main(["check", str(out), "--model", str(tiny.single)]) == 0
