@@ -242,3 +242,19 @@ def test_extract_from_two_sdxl_single_files(tiny, tmp_path: Path, capsys) -> Non
     assert "lora_unet_output_blocks_5_1_transformer_blocks_0_ff_net_2" in modules
     assert sum(m.startswith("lora_te2_") for m in modules) == 18  # 3 layers x 6
     assert main(["check", str(out), "--model", str(tiny.single)]) == 0
+
+
+def test_unet_only_training_with_cached_text_encoder_outputs(tiny, tmp_path: Path, capsys) -> None:
+    data = write_demo_dataset(tmp_path / "data", n_images=2, size=32, seed=0)
+    out = tmp_path / "out"
+    assert main([
+        "train", "--pretrained_model_name_or_path", str(tiny.folder), "--train_data_dir", str(data),
+        "--caption_extension", ".txt", "--resolution", "32", "--output_dir", str(out), "--max_train_steps", "2",
+        "--learning_rate", "1e-2", "--seed", "1", "--network_dim", "2", "--max_data_loader_n_workers", "0",
+        "--no_report_images", "--network_train_unet_only", "--cache_text_encoder_outputs", "--cache_latents",
+    ]) == 0, capsys.readouterr().err
+    adapter = load_adapter(out / "last.safetensors")
+    modules = {key.partition(".")[0] for key in adapter.tensors}
+    assert modules and all(m.startswith("lora_unet_") for m in modules)
+    ups = [k for k in adapter.tensors if k.endswith("lora_up.weight")]
+    assert any(adapter.tensors[k].abs().sum() > 0 for k in ups)
