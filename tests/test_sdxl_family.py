@@ -33,6 +33,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(root=root, folder=root / "model", single=root / "tiny_sdxl.safetensors")
 
 
+def train_tiny(tiny: SimpleNamespace, tmp_path: Path, capsys, *extra: str) -> Path:
+    """``adapt train`` for 2 steps on the tiny SDXL folder; the output folder."""
+    data = write_demo_dataset(tmp_path / "data", n_images=2, size=32, seed=0)
+    out = tmp_path / "out"
+    assert main([
+        "train", "--pretrained_model_name_or_path", str(tiny.folder), "--train_data_dir", str(data),
+        "--caption_extension", ".txt", "--resolution", "32", "--output_dir", str(out), "--max_train_steps", "2",
+        "--learning_rate", "1e-2", "--seed", "1", "--network_dim", "2", "--max_data_loader_n_workers", "0",
+        "--no_report_images", *extra,
+    ]) == 0, capsys.readouterr().err
+    return out
+
+
 def module_names(net: Network) -> list[str]:
     return [name for name, _ in net.adapter_modules()]
 
@@ -191,14 +204,7 @@ def test_time_ids_follow_kohyas_size_conditioning() -> None:
 
 
 def test_train_and_generate_on_the_tiny_sdxl_folder(tiny, tmp_path: Path, capsys) -> None:
-    data = write_demo_dataset(tmp_path / "data", n_images=2, size=32, seed=0)
-    out = tmp_path / "out"
-    assert main([
-        "train", "--pretrained_model_name_or_path", str(tiny.folder), "--train_data_dir", str(data),
-        "--caption_extension", ".txt", "--resolution", "32", "--output_dir", str(out), "--max_train_steps", "2",
-        "--learning_rate", "1e-2", "--seed", "1", "--network_dim", "2", "--max_data_loader_n_workers", "0",
-        "--no_report_images",
-    ]) == 0, capsys.readouterr().err
+    out = train_tiny(tiny, tmp_path, capsys)
     adapter = load_adapter(out / "last.safetensors")
     assert adapter.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
     assert adapter.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
@@ -245,14 +251,8 @@ def test_extract_from_two_sdxl_single_files(tiny, tmp_path: Path, capsys) -> Non
 
 
 def test_unet_only_training_with_cached_text_encoder_outputs(tiny, tmp_path: Path, capsys) -> None:
-    data = write_demo_dataset(tmp_path / "data", n_images=2, size=32, seed=0)
-    out = tmp_path / "out"
-    assert main([
-        "train", "--pretrained_model_name_or_path", str(tiny.folder), "--train_data_dir", str(data),
-        "--caption_extension", ".txt", "--resolution", "32", "--output_dir", str(out), "--max_train_steps", "2",
-        "--learning_rate", "1e-2", "--seed", "1", "--network_dim", "2", "--max_data_loader_n_workers", "0",
-        "--no_report_images", "--network_train_unet_only", "--cache_text_encoder_outputs", "--cache_latents",
-    ]) == 0, capsys.readouterr().err
+    out = train_tiny(tiny, tmp_path, capsys, "--network_train_unet_only", "--cache_text_encoder_outputs",
+                     "--cache_latents")
     adapter = load_adapter(out / "last.safetensors")
     modules = {key.partition(".")[0] for key in adapter.tensors}
     assert modules and all(m.startswith("lora_unet_") for m in modules)
