@@ -17,6 +17,7 @@ loads it fine.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,12 +103,15 @@ def _layer_path(structure: ModelStructure, target: Target) -> str:
     return f"{target.component}.{structure.format_path(target.name)}"
 
 
-def diffusers_issues(raw_names: list[str], keys: frozenset[str], report: CheckReport) -> list[str]:
-    """Why diffusers' SD 1.x/2.x LoRA loader would load this file wrongly or not at all."""
+def diffusers_issues(
+    raw_names: list[str], keys: frozenset[str], report: CheckReport, standard: Collection[str] = ()
+) -> list[str]:
+    """Why diffusers' LoRA loader would load this file wrongly or not at all. ``standard``: the
+    model family's own module names (LDM-style ones are SDXL's standard, which diffusers reads)."""
     if not any(key.endswith(".lora_down.weight") for key in keys):
         return [f"diffusers loads only kohya LoRA keys (lora_down/lora_up/alpha); this is a {report.network_type} file"]
     issues: list[str] = []
-    ldm = [name for name in raw_names if name.startswith(LDM_PARTS)]
+    ldm = [name for name in raw_names if name.startswith(LDM_PARTS) and name not in standard]
     if ldm:
         issues.append(
             f"{len(ldm)} U-Net modules use LDM names (e.g. {ldm[0]}), which diffusers' SD 1.x/2.x loader "
@@ -183,5 +187,5 @@ def check_adapter(
                     reshaped=match.reshaped,
                 )
             )
-    report.diffusers_issues = diffusers_issues(sorted(grouped), keys, report)
+    report.diffusers_issues = diffusers_issues(sorted(grouped), keys, report, structure.targets.keys())
     return report

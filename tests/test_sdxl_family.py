@@ -137,6 +137,7 @@ def test_check_and_inspect_an_sdxl_lora(tiny, tmp_path: Path, capsys) -> None:
         assert main(["check", str(lora), "--model", str(model_arg), "--json"]) == 0
         data = json.loads(capsys.readouterr().out)
         assert data["ok"] and data["unmatched"] == [] and len(data["modules"]) == count
+        assert data["diffusers_issues"] == []  # LDM-style U-Net names are SDXL's standard, which diffusers reads
     modules = {m["module"]: m for m in data["modules"]}
     assert modules["lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"]["layer"] == (
         "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
