@@ -259,3 +259,25 @@ def test_unet_only_training_with_cached_text_encoder_outputs(tiny, tmp_path: Pat
     assert modules and all(m.startswith("lora_unet_") for m in modules)
     ups = [k for k in adapter.tensors if k.endswith("lora_up.weight")]
     assert any(adapter.tensors[k].abs().sum() > 0 for k in ups)
+
+
+def test_python_api_on_an_sdxl_pipeline_patches_like_a_merge(tmp_path: Path) -> None:
+    from adapters_core.api import load_networks
+    from adapters_core.models.pipeline import make_scheduler
+
+    model = build_tiny_sdxl_model()
+    net = Network.create("lora", model=model, options={"network_dim": 2})
+    randomize(net, std=0.2)
+    lora = save_adapter(tmp_path / "lora.safetensors", {k: v.clone() for k, v in net.state_dict().items()})
+    scheduler = make_scheduler(model.noise_scheduler_config, "euler", v_parameterization=False)
+    pipe = model.family.build_pipeline(model, scheduler)
+    prompt = dict(prompt="a shape", height=32, width=32, num_inference_steps=2, output_type="latent")
+    base = pipe(**prompt, generator=torch.Generator().manual_seed(0)).images
+    (patched,) = load_networks(pipe, [lora])
+    assert patched.family.name == "tiny_sdxl" and len(module_names(patched)) == len(module_names(net))
+    adapted = pipe(**prompt, generator=torch.Generator().manual_seed(0)).images
+    patched.remove()
+    load_networks(pipe, [lora], merge=True)
+    merged = pipe(**prompt, generator=torch.Generator().manual_seed(0)).images
+    assert (adapted - base).abs().max() > 1e-3
+    torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=0)
