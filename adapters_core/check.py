@@ -154,6 +154,7 @@ def check_adapter(
     registry = registry or get_registry()
     keys = frozenset(loaded.tensors)
     grouped = split_module_keys(loaded.tensors)
+    layout = structure.family.blocks
     try:
         network = detect_file_network(registry, loaded.tensors, loaded.metadata, adapter)
     except UnsupportedFeatureError:
@@ -161,7 +162,7 @@ def check_adapter(
     except FormatError:
         report = CheckReport(str(Path(adapter)), structure.name, None)
         report.unmatched = [
-            UnmatchedKey(key, block_label(key.partition(".")[0]), "no installed network type recognises this file")
+            UnmatchedKey(key, block_label(key.partition(".")[0], layout), "no installed network type recognises this file")
             for key in sorted(keys)
         ]
         return report
@@ -171,14 +172,14 @@ def check_adapter(
     )
     for raw_name in sorted(grouped):
         match, misses = matcher.match(raw_name, grouped[raw_name])
-        report.unmatched += [UnmatchedKey(miss.key, block_label(miss.name), miss.reason) for miss in misses]
+        report.unmatched += [UnmatchedKey(miss.key, block_label(miss.name, layout), miss.reason) for miss in misses]
         if match is not None:
             target = match.target
             report.matched.append(
                 ModuleMatch(
                     module=raw_name,
                     layer=_layer_path(structure, target),
-                    block=block_label(target.name),
+                    block=block_label(target.name, layout),
                     layer_kind=target.layer_kind,
                     shape=list(target.layer.weight.shape),
                     rank=match.options.get("dim"),

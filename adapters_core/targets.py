@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from adapters_core.blocks import MID_BLOCK_INDEX, NUM_DOWN_BLOCKS, SD_BLOCKS, BlockLayout, block_index
+from adapters_core.blocks import SD_BLOCKS, BlockLayout
 
 if TYPE_CHECKING:
     from adapters_core.family import ModelFamily
@@ -57,21 +57,22 @@ def kohya_name(prefix: str, module_path: str) -> str:
     return f"{prefix}.{module_path}".replace(".", "_")
 
 
-def block_label(name: str) -> str:
-    """``TE``, ``IN00``..``IN11``, ``MID``, ``OUT00``..``OUT11`` (the 25-block index, LBW names)
-    for a kohya module name, ``UNET`` for a U-Net module outside the index, else ``OTHER``."""
+def block_label(name: str, layout: BlockLayout = SD_BLOCKS) -> str:
+    """``TE``, ``IN00``.., ``MID``, ``OUT00``.. (LBW names; SD 1.x/2.x: IN00..IN11, OUT00..OUT11)
+    for a kohya module name in ``layout``, ``UNET`` for a U-Net module outside the down/mid/up
+    blocks, else ``OTHER``."""
     if name.startswith(TEXT_ENCODER_PREFIX):  # lora_te_, and SDXL's lora_te1_/lora_te2_
         return "TE"
     if not name.startswith(UNET_PREFIX + "_"):
         return "OTHER"
-    index = block_index(name)
-    if index < 0:
+    index = layout.index(name) - layout.before
+    if not 0 <= index < layout.down + layout.mid + layout.up:
         return "UNET"
-    if index < NUM_DOWN_BLOCKS:
+    if index < layout.down:
         return f"IN{index:02d}"
-    if index == MID_BLOCK_INDEX:
+    if index < layout.down + layout.mid:
         return "MID"
-    return f"OUT{index - MID_BLOCK_INDEX - 1:02d}"
+    return f"OUT{index - layout.down - layout.mid:02d}"
 
 
 def layer_kind(layer: nn.Module) -> str | None:

@@ -146,6 +146,11 @@ def test_check_and_inspect_an_sdxl_lora(tiny, tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "base model:    sdxl_base_v1-0" in out and f"modules:       {count} ({3 * count} keys)" in out
     assert "lora_te2_text_model_encoder_layers_2_mlp_fc2" in out
+    # SDXL's blocks in LBW names: input_blocks_4 (depth 1) is IN04, input_blocks_7 (depth 2) IN07
+    rows = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if line[:3] in ("IN0", "MID", "OUT")}
+    assert rows == {"IN04": 12, "IN05": 12, "IN07": 22, "IN08": 22, "MID": 22, "OUT00": 22, "OUT01": 22,
+                    "OUT02": 22, "OUT03": 12, "OUT04": 12, "OUT05": 12}
+    assert data["blocks"]["IN07"] == {"modules": 22, "unmatched_keys": 0} and data["blocks"]["TE"]["modules"] == 30
 
     # the same file with SD 1.x's one-encoder prefix: refused, naming why
     renamed = {k.replace("lora_te1_", "lora_te_"): v for k, v in net.state_dict().items() if "lora_te2_" not in k}
