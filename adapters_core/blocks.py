@@ -40,16 +40,23 @@ def block_index(name: str) -> int:
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """How many down, mid and up blocks a U-Net has, and which block a module is in."""
+    """How many down, mid and up blocks a U-Net has, and which block a module is in.
+
+    ``before``/``after`` count blocks outside the down/mid/up lr weights that block-wise
+    ranks still list (kohya's SDXL layout: the embeddings first, ``out`` last); their lr
+    weight is 1.
+    """
 
     down: int
     mid: int
     up: int
     index: Callable[[str], int]
+    before: int = 0
+    after: int = 0
 
     @property
     def count(self) -> int:
-        return self.down + self.mid + self.up
+        return self.before + self.down + self.mid + self.up + self.after
 
 
 SD_BLOCKS = BlockLayout(NUM_DOWN_BLOCKS, NUM_MID_BLOCKS, NUM_DOWN_BLOCKS, block_index)
@@ -97,7 +104,7 @@ def _lr_part(option: str, text: Any, count: int) -> list[float] | None:
 
 
 def lr_weights(options: Mapping[str, Any], layout: BlockLayout = SD_BLOCKS) -> list[float] | None:
-    """The block lr weights (25 for SD) from ``down_lr_weight``/``mid_lr_weight``/``up_lr_weight``.
+    """The block lr weights (``layout.count``: 25 for SD) from ``down_lr_weight``/``mid_lr_weight``/``up_lr_weight``.
 
     ``None`` when no lr weight was given. Missing parts are all 1.0; weights at or below
     ``block_lr_zero_threshold`` (default 0) become 0, which removes those blocks' modules.
@@ -109,7 +116,8 @@ def lr_weights(options: Mapping[str, Any], layout: BlockLayout = SD_BLOCKS) -> l
         return None
     threshold = float(options.get("block_lr_zero_threshold") or 0.0)
     weights = (down or [1.0] * layout.down) + (mid or [1.0] * layout.mid) + (up or [1.0] * layout.up)
-    return [0.0 if w <= threshold else w for w in weights]
+    weights = [0.0 if w <= threshold else w for w in weights]
+    return [1.0] * layout.before + weights + [1.0] * layout.after
 
 
 def block_values(

@@ -91,6 +91,19 @@ class ModelFamily:
         tell (``lora_te2_...`` on a one-encoder model); ``None`` otherwise."""
         return None
 
+    def module_path_for_name(self, component: Component, path: str) -> str:
+        """The module path a layer's kohya name is built from (``kohya_prefix`` + path, dots as
+        underscores), given its path in the component as ``named_modules()`` gives it.
+
+        By default the diffusers path, text-encoder paths in the file format's ``text_model.``
+        form; a family whose files name U-Net layers after another layout (SDXL's LDM names)
+        maps the path here."""
+        from adapters_core.targets import text_encoder_module_path  # torch: not at import time
+
+        if component.role == "text_encoder":
+            return text_encoder_module_path(path)
+        return path
+
     def module_aliases(self, components: Mapping[str, nn.Module | None], targets: Iterable[Target]) -> dict[str, str]:
         """Other spellings of the ``targets``' module names that files use for this family
         (LDM-style U-Net names) -> the standard kohya name; loading and ``check`` accept both."""

@@ -30,7 +30,6 @@ from adapters_core.targets import (
     kohya_name,
     layer_kind,
     model_targets,
-    text_encoder_module_path,
 )
 from adapters_core.types import ModuleSpec
 
@@ -58,7 +57,7 @@ def loadable_targets(family: ModelFamily, components: Mapping[str, nn.Module | N
             kind = layer_kind(layer)
             if kind is None:
                 continue
-            name = kohya_name(part.kohya_prefix, text_encoder_module_path(path) if is_text else path)
+            name = kohya_name(part.kohya_prefix, family.module_path_for_name(part, path))
             if name in names:
                 continue
             names.add(name)

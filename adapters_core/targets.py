@@ -8,14 +8,15 @@ installed transformers version.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from adapters_core.blocks import MID_BLOCK_INDEX, NUM_DOWN_BLOCKS, SD_BLOCKS, BlockLayout, block_index
+from adapters_core.blocks import SD_BLOCKS, BlockLayout
 
 if TYPE_CHECKING:
     from adapters_core.family import ModelFamily
@@ -58,21 +59,22 @@ def kohya_name(prefix: str, module_path: str) -> str:
     return f"{prefix}.{module_path}".replace(".", "_")
 
 
-def block_label(name: str) -> str:
-    """``TE``, ``IN00``..``IN11``, ``MID``, ``OUT00``..``OUT11`` (the 25-block index, LBW names)
-    for a kohya module name, ``UNET`` for a U-Net module outside the index, else ``OTHER``."""
+def block_label(name: str, layout: BlockLayout = SD_BLOCKS) -> str:
+    """``TE``, ``IN00``.., ``MID``, ``OUT00``.. (LBW names; SD 1.x/2.x: IN00..IN11, OUT00..OUT11)
+    for a kohya module name in ``layout``, ``UNET`` for a U-Net module outside the down/mid/up
+    blocks, else ``OTHER``."""
     if name.startswith(TEXT_ENCODER_PREFIX):  # lora_te_, and SDXL's lora_te1_/lora_te2_
         return "TE"
     if not name.startswith(UNET_PREFIX + "_"):
         return "OTHER"
-    index = block_index(name)
-    if index < 0:
+    index = layout.index(name) - layout.before
+    if not 0 <= index < layout.down + layout.mid + layout.up:
         return "UNET"
-    if index < NUM_DOWN_BLOCKS:
+    if index < layout.down:
         return f"IN{index:02d}"
-    if index == MID_BLOCK_INDEX:
+    if index < layout.down + layout.mid:
         return "MID"
-    return f"OUT{index - MID_BLOCK_INDEX - 1:02d}"
+    return f"OUT{index - layout.down - layout.mid:02d}"
 
 
 def layer_kind(layer: nn.Module) -> str | None:
@@ -113,11 +115,14 @@ def unet_targets(
     prefix: str = UNET_PREFIX,
     component: str = "unet",
     blocks: BlockLayout = SD_BLOCKS,
+    path_for_name: Callable[[str], str] | None = None,
 ) -> list[Target]:
+    """``path_for_name`` maps a layer's path to the one its kohya name is built from (the
+    family's :meth:`~adapters_core.family.ModelFamily.module_path_for_name`; default: itself)."""
     containers = UNET_ATTENTION_CONTAINERS | (UNET_CONV_CONTAINERS if include_conv_blocks else frozenset())
     targets: dict[str, Target] = {}
     for container, path, layer in _candidates(unet, containers):
-        name = kohya_name(prefix, path)
+        name = kohya_name(prefix, path_for_name(path) if path_for_name is not None else path)
         targets.setdefault(
             name,
             Target(
@@ -170,6 +175,11 @@ def model_targets(
             found += text_encoder_targets(root, part.kohya_prefix, part.name)
         else:
             found += unet_targets(
-                root, include_conv_blocks, prefix=part.kohya_prefix, component=part.name, blocks=family.blocks
+                root,
+                include_conv_blocks,
+                prefix=part.kohya_prefix,
+                component=part.name,
+                blocks=family.blocks,
+                path_for_name=functools.partial(family.module_path_for_name, part),
             )
     return found

@@ -30,7 +30,12 @@ def config_dir(name: ConfigName) -> Path:
 
 def load_config(name: ConfigName, component: Component) -> dict[str, Any]:
     """One component's config as a dict (a fresh copy each call)."""
+    return read_config(config_dir(name), component)
+
+
+def read_config(folder: Path, component: str) -> dict[str, Any]:
+    """One component's config of a config set laid out like a Diffusers folder (a plugin's own
+    bundled configs too): ``folder/<component>/config.json`` (``scheduler_config.json``)."""
     filename = "scheduler_config.json" if component == "scheduler" else "config.json"
-    path = config_dir(name) / component / filename
-    config: dict[str, Any] = json.loads(path.read_text())
+    config: dict[str, Any] = json.loads((folder / component / filename).read_text())
     return config

@@ -80,6 +80,12 @@ def encode(text_encoder: nn.Module, input_ids: torch.Tensor, clip_skip: int | No
     else:
         outputs = text_encoder(flat, output_hidden_states=True, return_dict=True)
         states = final_layer_norm(text_encoder)(outputs.hidden_states[-clip_skip])
+    return join_chunks(states, batch, chunks, window)
+
+
+def join_chunks(states: torch.Tensor, batch: int, chunks: int, window: int) -> torch.Tensor:
+    """States [B * chunks, 77, D] of chunked captions -> [B, L, D] (first BOS, every chunk's
+    inner states, last token)."""
     states = states.reshape(batch, chunks * window, states.shape[-1])
     if chunks == 1:
         return states

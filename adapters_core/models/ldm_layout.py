@@ -143,6 +143,9 @@ class UNetLayout:
         entries: list[tuple[str, str, Mapping[str, str] | None]] = [
             ("time_embedding.linear_1.", "time_embed.0.", None),
             ("time_embedding.linear_2.", "time_embed.2.", None),
+            # SDXL's size/pooled-text embedding (addition_embed_type text_time)
+            ("add_embedding.linear_1.", "label_emb.0.0.", None),
+            ("add_embedding.linear_2.", "label_emb.0.2.", None),
             ("conv_in.", "input_blocks.0.0.", None),
             ("conv_norm_out.", "out.0.", None),
             ("conv_out.", "out.2.", None),

@@ -17,6 +17,7 @@ loads it fine.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,12 +103,15 @@ def _layer_path(structure: ModelStructure, target: Target) -> str:
     return f"{target.component}.{structure.format_path(target.name)}"
 
 
-def diffusers_issues(raw_names: list[str], keys: frozenset[str], report: CheckReport) -> list[str]:
-    """Why diffusers' SD 1.x/2.x LoRA loader would load this file wrongly or not at all."""
+def diffusers_issues(
+    raw_names: list[str], keys: frozenset[str], report: CheckReport, standard: Collection[str] = ()
+) -> list[str]:
+    """Why diffusers' LoRA loader would load this file wrongly or not at all. ``standard``: the
+    model family's own module names (LDM-style ones are SDXL's standard, which diffusers reads)."""
     if not any(key.endswith(".lora_down.weight") for key in keys):
         return [f"diffusers loads only kohya LoRA keys (lora_down/lora_up/alpha); this is a {report.network_type} file"]
     issues: list[str] = []
-    ldm = [name for name in raw_names if name.startswith(LDM_PARTS)]
+    ldm = [name for name in raw_names if name.startswith(LDM_PARTS) and name not in standard]
     if ldm:
         issues.append(
             f"{len(ldm)} U-Net modules use LDM names (e.g. {ldm[0]}), which diffusers' SD 1.x/2.x loader "
@@ -150,6 +154,7 @@ def check_adapter(
     registry = registry or get_registry()
     keys = frozenset(loaded.tensors)
     grouped = split_module_keys(loaded.tensors)
+    layout = structure.family.blocks
     try:
         network = detect_file_network(registry, loaded.tensors, loaded.metadata, adapter)
     except UnsupportedFeatureError:
@@ -157,7 +162,7 @@ def check_adapter(
     except FormatError:
         report = CheckReport(str(Path(adapter)), structure.name, None)
         report.unmatched = [
-            UnmatchedKey(key, block_label(key.partition(".")[0]), "no installed network type recognises this file")
+            UnmatchedKey(key, block_label(key.partition(".")[0], layout), "no installed network type recognises this file")
             for key in sorted(keys)
         ]
         return report
@@ -167,14 +172,14 @@ def check_adapter(
     )
     for raw_name in sorted(grouped):
         match, misses = matcher.match(raw_name, grouped[raw_name])
-        report.unmatched += [UnmatchedKey(miss.key, block_label(miss.name), miss.reason) for miss in misses]
+        report.unmatched += [UnmatchedKey(miss.key, block_label(miss.name, layout), miss.reason) for miss in misses]
         if match is not None:
             target = match.target
             report.matched.append(
                 ModuleMatch(
                     module=raw_name,
                     layer=_layer_path(structure, target),
-                    block=block_label(target.name),
+                    block=block_label(target.name, layout),
                     layer_kind=target.layer_kind,
                     shape=list(layer_weight(target.layer).shape),
                     rank=match.spec.rank,
@@ -183,5 +188,5 @@ def check_adapter(
                     reshaped=match.reshaped,
                 )
             )
-    report.diffusers_issues = diffusers_issues(sorted(grouped), keys, report)
+    report.diffusers_issues = diffusers_issues(sorted(grouped), keys, report, structure.targets.keys())
     return report

@@ -89,9 +89,11 @@ def read_adapter(path: str | os.PathLike[str]) -> Adapter:
     loaded = read_adapter_file(path)
     network = detect_file_network(get_registry(), loaded.tensors, loaded.metadata, path)
     modules: dict[str, ModuleTensors] = {}
-    for raw_name, tensors in split_module_keys(loaded.tensors).items():
+    by_module = split_module_keys(loaded.tensors)
+    aliases = bundled_module_aliases(naming_family(loaded.metadata, by_module).name)
+    for raw_name, tensors in by_module.items():
         _refuse_unread_features(network, raw_name, tensors, path)
-        name = normalize_module_name(raw_name)
+        name = normalize_module_name(raw_name, aliases)
         if name in modules:
             raise FormatError(f"{path}: module {raw_name} is stored twice (also under another spelling of {name})")
         modules[name] = tensors
@@ -159,6 +161,29 @@ def is_conv3x3(shape: Sequence[int]) -> bool:
 def model_layer_shapes(family: ModelFamily, components: Mapping[str, nn.Module | None]) -> dict[str, torch.Size]:
     """Weight shape of every layer a file may adapt, by kohya name (:func:`loadable_targets`)."""
     return {t.name: layer_weight(t.layer).shape for t in loadable_targets(family, components)}
+
+
+def naming_family(metadata: Mapping[str, str], names: Iterable[str]) -> ModelFamily:
+    """The family whose naming a file read without a model follows: the one its metadata
+    names, else the first whose component prefixes cover every module name (``lora_te1_``
+    is SDXL's), else SD 1.x's (:func:`family_from_metadata`)."""
+    family, _ = family_from_metadata(metadata)
+    if family.claims_metadata(metadata):
+        return family
+    names = list(names)
+    for candidate in [family, *get_registry().families.values()]:
+        prefixes = tuple(f"{part.kohya_prefix}_" for part in candidate.components)
+        if names and all(name.startswith(prefixes) for name in names):
+            return candidate
+    return family
+
+
+@functools.cache
+def bundled_module_aliases(family_name: str) -> dict[str, str]:
+    """Other spellings of an installed family's module names (its bundled model, on "meta")."""
+    family = get_registry().family(family_name)
+    components = family.build_components(device="meta")
+    return family.module_aliases(components, loadable_targets(family, components))
 
 
 @functools.cache

@@ -17,7 +17,7 @@ import torch
 
 from adapters_core.blocks import MID_BLOCK_INDEX
 from adapters_core.errors import ShapeMismatchError
-from adapters_core.ops.deltas import LayerShapes, dim_alpha, progress, read_adapter
+from adapters_core.ops.deltas import LayerShapes, dim_alpha, naming_family, progress, read_adapter
 from adapters_core.plugins import get_registry
 from adapters_core.targets import block_label
 
@@ -87,7 +87,8 @@ def _base_model(metadata: dict[str, str]) -> str:
 def inspect_adapter(path: str | os.PathLike[str], *, norms: bool = True) -> AdapterReport:
     """Read an adapter file and describe it (``norms=False`` skips the deltas)."""
     adapter = read_adapter(path)
-    shapes = LayerShapes(family=adapter.base[0])
+    family = naming_family(adapter.metadata, adapter.modules)
+    shapes = LayerShapes(family=family)
     modules: list[ModuleInfo] = []
     for name, tensors in progress(adapter.modules.items(), "inspecting", total=len(adapter.modules)):
         dim, alpha = dim_alpha(adapter.network, name, tensors)
@@ -99,7 +100,7 @@ def inspect_adapter(path: str | os.PathLike[str], *, norms: bool = True) -> Adap
                 shape, norm = list(layer_shape), float(torch.linalg.vector_norm(delta))
             except ShapeMismatchError:
                 pass
-        modules.append(ModuleInfo(name, block_label(name), len(tensors), dim, alpha, shape, norm))
+        modules.append(ModuleInfo(name, block_label(name, family.blocks), len(tensors), dim, alpha, shape, norm))
     blocks: dict[str, BlockInfo] = {}
     squares: dict[str, float] = {}
     for info in modules:

@@ -7,6 +7,7 @@ sample, plain captions: the same inputs every call, so two calls differ only by 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -37,8 +38,13 @@ def denoising_loss(
         outputs = model.family.encode_text(
             model.components, model.tokenizers, [record.caption], max_token_length=None, clip_skip=None
         )
-        cond = model.family.unet_conditioning(outputs, {"captions": [record.caption]})
-        cond = {name: value.to(model.unet.dtype) for name, value in cond.items()}
+        batch = {  # as a training batch has them: SDXL's size conditioning reads the sizes
+            "captions": [record.caption],
+            "original_sizes": [record.original_size],
+            "flipped": [False],
+            "bucket_reso": record.bucket_reso,
+        }
+        cond = _cast(model.family.unet_conditioning(outputs, batch), model.unet.dtype)
         for t in timesteps:
             noise = torch.randn(latents.shape, generator=generator).to(device)
             step = torch.tensor([t], device=device)
@@ -46,3 +52,12 @@ def denoising_loss(
             prediction = model.unet(noisy.to(model.unet.dtype), step, **cond).sample
             losses.append(torch.mean((prediction.float() - noise) ** 2).item())
     return sum(losses) / len(losses)
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors of the U-Net's keyword arguments (nested dicts too) in ``dtype``."""
+    if isinstance(value, dict):
+        return {name: _cast(item, dtype) for name, item in value.items()}
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    return value

@@ -15,6 +15,7 @@ from adapters_core.textfiles import read_json
 
 CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
 _CONTEXT = UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+_SDXL_EMBEDDING = UNET_PREFIX + "label_emb.0.0.weight"
 _SD_CHANNELS = 320
 _TINY_CHANNELS = 32
 _SD2_CONTEXT = 1024
@@ -27,7 +28,7 @@ def detect_architecture(checkpoint: Mapping[str, torch.Tensor], path: Path) -> s
     against the U-Net's cross-attention context size (1024 for SD2, 768 for SD1).
     """
     if CONV_IN not in checkpoint:
-        hint = " (SDXL is not supported)" if any(k.startswith("conditioner.") for k in checkpoint) else ""
+        hint = " (this is an SDXL checkpoint: the sdxl model family reads it)" if looks_like_sdxl(checkpoint) else ""
         raise ModelLoadError(
             f"{path}: no {CONV_IN} key; expected an SD 1.x/2.x checkpoint in the original (LDM) layout{hint}"
         )
@@ -56,6 +57,12 @@ def detect_architecture(checkpoint: Mapping[str, torch.Tensor], path: Path) -> s
                 f"{'OpenCLIP (SD 2.x)' if is_v2 else 'CLIP (SD 1.x)'} text encoder"
             )
     return "sd_v2" if is_v2 else "sd_v1"
+
+
+def looks_like_sdxl(checkpoint: Mapping[str, object]) -> bool:
+    """Whether a single file has SDXL's parts (``conditioner.*`` text encoders or the U-Net's
+    size embedding ``label_emb``): not an SD 1.x/2.x file, whatever else it lacks."""
+    return _SDXL_EMBEDDING in checkpoint or any(k.startswith("conditioner.") for k in checkpoint)
 
 
 def kind_of_unet_config(config: Mapping[str, Any]) -> str:

@@ -106,8 +106,10 @@ class StableDiffusionFamily(ModelFamily):
 
     # -- detection -------------------------------------------------------------------------------
     def detect_checkpoint(self, shapes: Mapping[str, torch.Tensor], path: Path) -> bool:
-        from adapt_sd.detection import detect_architecture
+        from adapt_sd.detection import detect_architecture, looks_like_sdxl
 
+        if looks_like_sdxl(shapes):  # the SDXL family's, which names what such a file lacks
+            return False
         return detect_architecture(shapes, path) == self.kind.key
 
     def detect_diffusers(self, folder: Path, model_index: Mapping[str, Any]) -> bool:

@@ -107,5 +107,5 @@ def test_detect_architecture_from_shapes(tmp_path: Path) -> None:
         detect_architecture(fake(768, "cond_stage_model.model."), where)
     with pytest.raises(ModelLoadError, match="expected 320"):
         detect_architecture(fake(768, "cond_stage_model.transformer.", channels=640), where)
-    with pytest.raises(ModelLoadError, match="SDXL is not supported"):
+    with pytest.raises(ModelLoadError, match="an SDXL checkpoint: the sdxl model family reads it"):
         detect_architecture({"conditioner.embedders.0.x": torch.empty(1)}, where)
