@@ -1,4 +1,4 @@
-"""Stable Diffusion 1.x/2.x models: load (Diffusers folder or LDM single file), save, convert.
+"""Base models of any installed family: load (Diffusers folder or single file), save, convert.
 
 Everything here works offline; ``HF_HUB_OFFLINE`` defaults to 1 on import (huggingface_hub
 otherwise sends requests even for ``local_files_only`` loads), unless the caller set it.
@@ -11,8 +11,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # adapt shows its own progress, not the libraries'
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from adapters_core.lazy_exports import lazy_exports
 
 # What the package offers, by the module that defines it. The modules are imported when a name
 # is first used, so that importing a light submodule (the checkpoint key tables in ldm_layout)
@@ -47,12 +48,6 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = sorted(_EXPORTS)

@@ -17,8 +17,9 @@ Each ``dataset[i]`` is a whole batch from one bucket (use ``DataLoader(ds, batch
 - ``alpha_masks``: float [B, H, W] in [0, 1], only when a subset sets ``alpha_mask``
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from adapters_core.lazy_exports import lazy_exports
 
 # What the package offers, by the module that defines it. The modules are imported when a name is
 # first used, so that a light submodule (image preprocessing for `adapt resize-images`) can be
@@ -82,12 +83,6 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from adapters_core.train.dataset.metadata import dataset_metadata  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = sorted(_EXPORTS)
