@@ -68,6 +68,10 @@ class ModelFamily:
     kohya_v2: bool = False
     #: kohya's ``ss_base_model_version`` values this family writes and reads.
     base_model_versions: tuple[str, ...] = ()
+    #: The VAE's activations overflow float16 (SDXL 1.0's give NaN): training keeps it in
+    #: float32 under ``--mixed_precision fp16`` as if ``--no_half_vae`` were given
+    #: (bfloat16 has float32's range and is used as asked).
+    vae_needs_float32: bool = False
 
     # -- names ---------------------------------------------------------------------------
     def base_model_version(self, v_prediction: bool) -> str:
