@@ -68,6 +68,12 @@ class ModelFamily:
     kohya_v2: bool = False
     #: kohya's ``ss_base_model_version`` values this family writes and reads.
     base_model_versions: tuple[str, ...] = ()
+    #: The VAE's activations overflow float16 (SDXL 1.0's give NaN): training keeps it in
+    #: float32 under ``--mixed_precision fp16`` as if ``--no_half_vae`` were given
+    #: (bfloat16 has float32's range and is used as asked).
+    vae_needs_float32: bool = False
+    #: :meth:`write_demo_model` writes a small model of the family (``adapt quickstart --model_family``).
+    has_demo_model: bool = False
 
     # -- names ---------------------------------------------------------------------------
     def base_model_version(self, v_prediction: bool) -> str:
@@ -156,6 +162,11 @@ class ModelFamily:
         of an adaptable layer -> the kohya module names it holds, in order along dim 0
         (several for a fused q/k/v projection). The streaming merge writes deltas into
         exactly these keys."""
+        raise NotImplementedError
+
+    def write_demo_model(self, folder: Path, *, seed: int) -> None:
+        """Write the family's demo model (a few MB, random weights from ``seed``, no download) as a
+        Diffusers folder, replacing one there; families with ``has_demo_model`` implement it."""
         raise NotImplementedError
 
     # -- prompts, U-Net call, pipeline -------------------------------------------------------

@@ -75,7 +75,7 @@ def test_block_dims_give_per_block_ranks(sd15):
 def test_optimizer_param_groups_per_block(sd15):
     unet, te = sd15
     net = Network.create("lora", unet=unet, text_encoder=te, options={"up_lr_weight": "linear", "block_lr_zero_threshold": 0.0})
-    groups, descriptions = optimizer_param_groups(net, text_encoder_lr=5e-5, unet_lr=1e-4, default_lr=1e-3)
+    groups, descriptions = optimizer_param_groups(net, text_encoder_lrs=(5e-5,), unet_lr=1e-4, default_lr=1e-3)
     assert descriptions[0] == "text_encoder" and groups[0]["lr"] == 5e-5
     lrs = {d: g["lr"] for d, g in zip(descriptions, groups)}
     assert lrs["unet block 1"] == pytest.approx(1e-4)

@@ -82,7 +82,7 @@ class TrainArgs:
     learning_rate: float = opt(2e-6, "Learning rate (kohya's default 2e-6; LoRA usually wants 1e-4).", type=float)
     unet_lr: float | None = opt(None, "Learning rate of the U-Net modules (default --learning_rate).", type=float)
     text_encoder_lr: tuple[float, ...] = opt(
-        (), "Learning rate of the text-encoder modules (first value used).", type=float, kind="list"
+        (), "Learning rate of the text-encoder modules: one value, or one per text encoder (SDXL: two).", type=float, kind="list"
     )
     optimizer_type: str = opt(
         "",
@@ -298,9 +298,6 @@ class TrainArgs:
         from adapters_core.plugins import get_registry
 
         return get_registry().family_for_v2_flag(self.v2)
-
-    def first_text_encoder_lr(self) -> float | None:
-        return self.text_encoder_lr[0] if self.text_encoder_lr else None
 
     def dataset_cli_values(self) -> dict[str, Any]:
         """The values the dataset layer takes from the command line (its lowest layer)."""

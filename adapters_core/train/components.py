@@ -10,6 +10,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from adapters_core.errors import ConfigError, NetworkOptionError
+from adapters_core.family import ModelFamily
 from adapters_core.models import SDModel, load_sd_model
 from adapters_core.module import load_module_tensors
 from adapters_core.network import Network
@@ -70,10 +71,18 @@ def set_attention(model: SDModel, args: TrainArgs) -> None:
         model.unet.set_attn_processor(AttnProcessor2_0())
 
 
+def vae_dtype(weight_dtype: torch.dtype, no_half_vae: bool, family: ModelFamily) -> torch.dtype:
+    """The training VAE's dtype: the mixed-precision dtype, float32 with --no_half_vae or when
+    the family's VAE overflows float16 (SDXL) under fp16."""
+    if no_half_vae or (family.vae_needs_float32 and weight_dtype == torch.float16):
+        return torch.float32
+    return weight_dtype
+
+
 def load_base_model(args: TrainArgs, device: torch.device) -> SDModel:
     """Load in float32 (so --base_weights merge exactly), merge base weights, then cast:
     U-Net to the mixed-precision dtype, the text encoder too except on CPU (as kohya), the
-    VAE unless --no_half_vae."""
+    VAE as :func:`vae_dtype` says."""
     weight_dtype = WEIGHT_DTYPES[args.mixed_precision]
     model = load_sd_model(
         args.pretrained_model_name_or_path,  # type: ignore[arg-type]
@@ -96,7 +105,10 @@ def load_base_model(args: TrainArgs, device: torch.device) -> SDModel:
     for _, text_encoder in model.text_encoders():
         text_encoder.to(device, weight_dtype if device.type != "cpu" else torch.float32)
     # diffusers wraps ModelMixin.to in a decorator whose type loses the method's self
-    model.vae.to(device, torch.float32 if args.no_half_vae else weight_dtype)  # type: ignore[arg-type]
+    vae_to = vae_dtype(weight_dtype, args.no_half_vae, model.family)
+    if vae_to != weight_dtype and not args.no_half_vae:
+        log.info("the %s VAE overflows float16: it is kept in float32 (as --no_half_vae)", model.family.description)
+    model.vae.to(device, vae_to)  # type: ignore[arg-type]
     set_attention(model, args)
     if args.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()

@@ -33,7 +33,7 @@ from adapters_core.train.interrupt import GracefulInterrupt
 from adapters_core.train.latent_cache import LatentCache
 from adapters_core.train.noise import make_noise_scheduler
 from adapters_core.train.optimizers import build_optimizer, parse_optimizer_args, resolve_optimizer_name
-from adapters_core.train.param_groups import optimizer_param_groups
+from adapters_core.train.param_groups import check_text_encoder_lrs, optimizer_param_groups
 from adapters_core.train.progress import LossRecorder, lr_logs, seed_step
 from adapters_core.train.report import TrainingReport
 from adapters_core.train.runtime import EpochSyncDataset, make_accelerator, make_loader, resolved_seed
@@ -151,6 +151,7 @@ class Trainer:
         args, acc = self.args, self.accelerator
         self.model = components.load_base_model(args, acc.device)
         self.model.family.check_clip_skip(self.model.components, args.clip_skip)
+        check_text_encoder_lrs(args.text_encoder_lr, self.model.family)  # before any caching
         if self.cache is not None:
             self.cache.fill(
                 self.dataset,
@@ -166,7 +167,7 @@ class Trainer:
         for _, text_encoder in self.model.text_encoders():
             text_encoder.train(args.gradient_checkpointing and args.train_text_encoder)
         groups, self.lr_descriptions = optimizer_param_groups(
-            self.network, args.first_text_encoder_lr(), args.unet_lr, args.learning_rate
+            self.network, args.text_encoder_lr, args.unet_lr, args.learning_rate
         )
         choice = build_optimizer(self.optimizer_name, groups, args.learning_rate, self.optimizer_args)
         self.optimizer_description = choice.description

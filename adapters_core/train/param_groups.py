@@ -2,30 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from adapters_core.blocks import RankPlan
+from adapters_core.errors import ConfigError
+from adapters_core.family import ModelFamily
 from adapters_core.network import Network
 
 
+def check_text_encoder_lrs(text_encoder_lrs: Sequence[float], family: ModelFamily) -> None:
+    """``--text_encoder_lr`` takes one value, or one per text encoder of the family (kohya's SDXL)."""
+    encoders = [c.name for c in family.components if c.role == "text_encoder"]
+    if len(text_encoder_lrs) > 1 and len(text_encoder_lrs) != len(encoders):
+        raise ConfigError(
+            f"--text_encoder_lr: {len(text_encoder_lrs)} values given, but a {family.description} model has "
+            f"{len(encoders)} text encoder{'s' if len(encoders) != 1 else ''} ({', '.join(encoders)}); "
+            f"give one value{f' or {len(encoders)}' if len(encoders) > 1 else ''}"
+        )
+
+
 def optimizer_param_groups(
-    network: Network, text_encoder_lr: float | None, unet_lr: float | None, default_lr: float
+    network: Network, text_encoder_lrs: Sequence[float], unet_lr: float | None, default_lr: float
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Parameter groups (and their names for logs): the text encoders' modules, then the U-Net's
     (one group per block when block-wise lr weights or ranks are given).
 
-    Groups whose learning rate is 0 are dropped, as kohya does.
+    ``text_encoder_lrs`` is ``--text_encoder_lr``: none (``default_lr``), one value for every
+    text encoder (one group), or one value per text encoder (one group each, named after its
+    component). Groups whose learning rate is 0 are dropped, as kohya does.
     """
+    check_text_encoder_lrs(text_encoder_lrs, network.family)
     plan = RankPlan.from_options(network.options, network.family.blocks)
     groups: list[dict[str, Any]] = []
     descriptions: list[str] = []
     modules = list(network.adapter_modules())
-    te_params = [p for name, m in modules if network.targets[name].is_text_encoder for p in m.parameters()]
-    if te_params:
-        groups.append({"params": te_params, "lr": text_encoder_lr or default_lr})
-        descriptions.append("text_encoder")
+    te_modules = [(name, m) for name, m in modules if network.targets[name].is_text_encoder]
+    if len(text_encoder_lrs) > 1:
+        encoders = [c.name for c in network.family.components if c.role == "text_encoder"]
+        for encoder, lr in zip(encoders, text_encoder_lrs):
+            params = [p for name, m in te_modules if network.targets[name].component == encoder for p in m.parameters()]
+            if params and lr > 0:
+                groups.append({"params": params, "lr": lr})
+                descriptions.append(encoder)
+    elif te_modules:
+        lr = text_encoder_lrs[0] if text_encoder_lrs else default_lr
+        if lr > 0:
+            groups.append({"params": [p for _, m in te_modules for p in m.parameters()], "lr": lr})
+            descriptions.append("text_encoder")
     unet_modules = [(name, m) for name, m in modules if not network.targets[name].is_text_encoder]
     base_lr = unet_lr or default_lr
     if plan.block_mode:

@@ -1,6 +1,7 @@
 """``adapt quickstart``: train a LoRA on the bundled tiny model and demo data, offline, in seconds.
 
-Writes ``<work>/model`` (the tiny SD1-style model, a Diffusers folder), ``<work>/data`` (the
+Writes ``<work>/model`` (the tiny SD1-style model, a Diffusers folder; with ``model_family``
+another family's demo model, such as the tiny SDXL-shaped ``tiny_sdxl``), ``<work>/data`` (the
 demo DreamBooth dataset and sample prompts) and ``<work>/output/quickstart.safetensors`` with
 checkpoints at each third of the run and the training report (sample grids, contact sheet,
 loss plot), then reports the denoising loss of the model on the training images without and
@@ -21,11 +22,15 @@ from pathlib import Path
 import torch
 
 from adapters_core.atomic import atomic_path
+from adapters_core.errors import ConfigError
+from adapters_core.family import ModelFamily
 from adapters_core.generate.grid import Axis, GridRequest, make_grid
 from adapters_core.generate.images import GenerationSettings
 from adapters_core.generate.prompts import PromptJob
-from adapters_core.models import SDModel, load_sd_model, write_tiny_model
+from adapters_core.models import SDModel, load_sd_model
+from adapters_core.models.loader import detect_family
 from adapters_core.network import Network
+from adapters_core.plugins import get_registry
 from adapters_core.train.args import TrainArgs
 from adapters_core.train.components import build_dataset
 from adapters_core.train.dataset import write_demo_dataset
@@ -34,6 +39,7 @@ from adapters_core.train.evaluation import denoising_loss
 from adapters_core.train.loop import train
 
 QUICKSTART_STEPS = 120
+QUICKSTART_LEARNING_RATE = 2e-3
 IMAGE_SIZE = 32
 SAMPLE_PROMPTS = ("sks shape, red circle", "sks shape, blue square", "sks shape, green circle")
 SAMPLE_STEPS = 8
@@ -52,7 +58,12 @@ class QuickstartResult:
 
 
 def quickstart_args(
-    work_dir: Path, *, steps: int = QUICKSTART_STEPS, seed: int = 0, overwrite: bool = False
+    work_dir: Path,
+    *,
+    steps: int = QUICKSTART_STEPS,
+    seed: int = 0,
+    overwrite: bool = False,
+    learning_rate: float = QUICKSTART_LEARNING_RATE,
 ) -> TrainArgs:
     """The training arguments of the quickstart (also a worked example of the flags)."""
     third = max(1, steps // 3)
@@ -66,7 +77,7 @@ def quickstart_args(
         output_name="quickstart",
         network_dim=8,
         network_alpha=8,
-        learning_rate=2e-3,
+        learning_rate=learning_rate,
         max_train_steps=steps,
         seed=seed,
         cache_latents=True,
@@ -93,16 +104,36 @@ def _dataset_complete(folder: Path) -> bool:
     )
 
 
-def prepare_workspace(work_dir: Path) -> None:
-    """Write the tiny model, the demo data and the sample prompts unless they are there (all
-    deterministic).
+def demo_family(name: str) -> ModelFamily:
+    """The installed model family ``name``, which must have a demo model."""
+    family = get_registry().family(name)  # an unknown name is its own error
+    if not family.has_demo_model:
+        names = ", ".join(f.name for f in get_registry().families.values() if f.has_demo_model)
+        raise ConfigError(f"--model_family {name}: this family has no demo model to train on; choose one of {names}")
+    return family
+
+
+def prepare_workspace(work_dir: Path, family: ModelFamily | None = None, *, overwrite: bool = False) -> None:
+    """Write the demo model of ``family`` (default: the tiny SD 1.x-style one), the demo data
+    and the sample prompts unless they are there (all deterministic).
 
     Each is built under a temporary name and renamed into place when complete; one left
     incomplete by an older version or by hand is rebuilt, so training never sees part of it.
+    A complete model of another family is replaced only with ``overwrite``.
     """
+    family = family or demo_family("tiny")
     model, data = work_dir / "model", work_dir / "data"
-    if not _model_complete(model):
-        write_tiny_model(model, seed=0, overwrite=True)  # written atomically
+    if _model_complete(model):
+        found = detect_family(model)
+        if found.name != family.name:
+            if not overwrite:
+                raise ConfigError(
+                    f"--output_dir {work_dir}: {model} holds a {found.name} model, not {family.name}; "
+                    "choose another --output_dir or pass --overwrite"
+                )
+            family.write_demo_model(model, seed=0)  # written atomically
+    else:
+        family.write_demo_model(model, seed=0)
     if not _dataset_complete(data):
         with atomic_path(data, overwrite=True) as tmp:
             write_demo_dataset(tmp, n_images=DEMO_IMAGES, size=IMAGE_SIZE, seed=0)
@@ -121,19 +152,24 @@ def run_quickstart(
     overwrite: bool = False,
     show_progress: bool = True,
     threads: int = 1,
+    model_family: str = "tiny",
+    learning_rate: float = QUICKSTART_LEARNING_RATE,
 ) -> QuickstartResult:
-    """Train and evaluate on ``threads`` torch threads (the caller's setting is restored)."""
+    """Train and evaluate on ``threads`` torch threads (the caller's setting is restored) on
+    the demo model of ``model_family``."""
+    family = demo_family(model_family)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(Path(work_dir), steps, seed, overwrite, show_progress)
+        args = quickstart_args(Path(work_dir), steps=steps, seed=seed, overwrite=overwrite, learning_rate=learning_rate)
+        return _run(Path(work_dir), family, args, show_progress)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(work: Path, steps: int, seed: int, overwrite: bool, show_progress: bool) -> QuickstartResult:
-    prepare_workspace(work)
-    args = quickstart_args(work, steps=steps, seed=seed, overwrite=overwrite)
+def _run(work: Path, family: ModelFamily, args: TrainArgs, show_progress: bool) -> QuickstartResult:
+    prepare_workspace(work, family, overwrite=args.overwrite)
+    seed = args.seed or 0
     started = time.perf_counter()
     result = train(args, show_progress=show_progress)
     seconds = time.perf_counter() - started

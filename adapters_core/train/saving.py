@@ -144,7 +144,7 @@ def training_metadata(
         "ss_training_started_at": started_at,
         "ss_output_name": args.output_name,
         "ss_learning_rate": args.learning_rate,
-        "ss_text_encoder_lr": args.first_text_encoder_lr(),
+        "ss_text_encoder_lr": list(args.text_encoder_lr) if args.text_encoder_lr else None,  # kohya: its list
         "ss_unet_lr": args.unet_lr,
         "ss_num_validation_images": 0,
         "ss_num_batches_per_epoch": num_batches_per_epoch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from adapt_sd.family import SDKind, StableDiffusionFamily, Variant
 from adapters_core.family import ModelFamily
@@ -29,7 +30,20 @@ SD2 = StableDiffusionFamily(
     model_names={"sd_v2": False, "sd2": False, "sd_v2_v": True, "sd2-v": True, "sd2v": True},
     cached_tokenizer=("stabilityai/stable-diffusion-2", "tokenizer/"),
 )
-TINY = StableDiffusionFamily(
+
+
+class TinySDFamily(StableDiffusionFamily):
+    """The tiny SD 1.x-style model: ``adapt quickstart``'s."""
+
+    has_demo_model = True
+
+    def write_demo_model(self, folder: Path, *, seed: int) -> None:
+        from adapters_core.models import write_tiny_model  # builds modules: not at plugin load
+
+        write_tiny_model(folder, seed=seed, overwrite=True)
+
+
+TINY = TinySDFamily(
     "tiny",
     "tiny SD 1.x-style (demo)",
     SDKind("tiny", openclip=False),

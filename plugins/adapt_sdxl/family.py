@@ -50,6 +50,7 @@ class SDXLFamily(ModelFamily):
     blocks = SDXL_BLOCKS
     kohya_v2 = False
     base_model_versions = ("sdxl_base_v1-0",)
+    vae_needs_float32 = True  # SDXL 1.0's VAE overflows float16
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from adapt_sdxl.family import SDXLFamily
 from adapters_core.family import ModelFamily
@@ -10,7 +11,20 @@ from adapters_core.models.bundled import TINY_TOKENIZER_DIR
 from adapters_core.plugins import hookimpl
 
 SDXL = SDXLFamily("sdxl", "SDXL 1.0", "sdxl_base", model_names={"sdxl": False, "sdxl_base": False})
-TINY_SDXL = SDXLFamily(
+
+
+class TinySDXLFamily(SDXLFamily):
+    """The tiny SDXL-shaped model: ``adapt quickstart --model_family tiny_sdxl``'s."""
+
+    has_demo_model = True
+
+    def write_demo_model(self, folder: Path, *, seed: int) -> None:
+        from adapt_sdxl.tiny import write_tiny_sdxl_model  # builds modules: not at plugin load
+
+        write_tiny_sdxl_model(folder, seed=seed, overwrite=True)
+
+
+TINY_SDXL = TinySDXLFamily(
     "tiny_sdxl",
     "tiny SDXL-shaped (demo)",
     "tiny_sdxl",
