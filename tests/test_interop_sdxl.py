@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from helpers import randomize
+from peft import get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
@@ -128,9 +129,30 @@ def test_converted_to_diffusers_loads_in_diffusers_with_the_same_outputs(sdxl, p
     assert "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in keys
     assert "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight" in keys
     assert len(keys) == 2 * len(sdxl.layers[network])
-    pipe, adapted = loaded_in_diffusers(pipeline, with_model, caplog)
-    assert adapted == sdxl.layers[network]
-    assert_same(outputs(pipe), sdxl.patched[network])
+    comfyui = tmp_path / "comfyui.safetensors"  # the older attention-processor keys
+    convert(sdxl.files[network], comfyui, "--to", "diffusers", "--layout", "comfyui")
+    assert "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight" in set(
+        load_file(str(comfyui)))
+    for path in (with_model, comfyui):
+        pipe, adapted = loaded_in_diffusers(pipeline, path, caplog)
+        assert adapted == sdxl.layers[network]
+        assert_same(outputs(pipe), sdxl.patched[network])
+
+
+def test_diffusers_own_sdxl_save_reads_back_into_kohyas_names(sdxl, pipeline, tmp_path, caplog) -> None:
+    """diffusers loads adapt's file and saves it with ``save_lora_weights`` (its own key names,
+    ``text_encoder_2.`` included, the scales in its LoRA configs); ``adapt convert --to kohya``
+    gives the original modules back."""
+    pipe, _ = loaded_in_diffusers(pipeline, sdxl.files["c3lier"], caplog)
+    saved: dict[str, Any] = {}
+    for part in ("unet", *TEXT_ENCODERS):
+        saved[f"{part}_lora_layers"] = get_peft_model_state_dict(getattr(pipe, part), adapter_name="default_0")
+        saved[f"{part}_lora_adapter_metadata"] = getattr(pipe, part).peft_config["default_0"].to_dict()
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "saved", **saved)
+    convert(tmp_path / "saved", tmp_path / "kohya.safetensors", "--to", "kohya")
+    assert load_file(str(tmp_path / "kohya.safetensors")).keys() == load_file(str(sdxl.files["c3lier"])).keys()
+    want, got = deltas(sdxl.files["c3lier"]), deltas(tmp_path / "kohya.safetensors")
+    assert all(torch.allclose(got[name], want[name], atol=1e-6) for name in want)
 
 
 def deltas(path: Path) -> dict[str, torch.Tensor]:
