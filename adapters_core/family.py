@@ -41,7 +41,8 @@ class Component:
     ``name`` is its key in :attr:`SDModel.components` (``unet``, ``text_encoder``,
     ``text_encoder_2``); ``kohya_prefix`` starts the kohya module names of its layers
     (``lora_unet``, ``lora_te``, ``lora_te1``); ``role`` picks the target rules (which
-    containers' Linear/Conv2d layers an adapter takes).
+    containers' Linear/Conv2d layers an adapter takes). ``adapt convert`` maps diffusers/PEFT
+    component keys (``text_encoder_2.``) to these prefixes and recognises kohya files by them.
     """
 
     name: str

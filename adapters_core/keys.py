@@ -10,7 +10,9 @@ any ``layers_per_block`` map correctly.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -24,7 +26,12 @@ from adapters_core.targets import (
     unet_targets,
 )
 
-_TE_STANDARD = f"{TEXT_ENCODER_PREFIX}_text_model_"
+if TYPE_CHECKING:
+    from adapters_core.family import ModelFamily
+
+# A text-encoder module name of any family (``lora_te_``, SDXL's ``lora_te1_``/``lora_te2_``)
+# written without the ``text_model_`` level.
+_TE_WITHOUT_TEXT_MODEL = re.compile(rf"^({TEXT_ENCODER_PREFIX}\d*)_(?!text_model_)")
 
 
 def ldm_unet_aliases(unet: nn.Module | None, targets: Iterable[Target]) -> dict[str, str]:
@@ -58,26 +65,29 @@ def normalize_module_name(name: str, ldm_aliases: Mapping[str, str] | None = Non
     ``ldm_aliases`` comes from :func:`ldm_unet_aliases` for the model at hand; without it
     the SD 1.x/2.x layout is assumed (tools that read adapter files without a model).
     """
-    if name.startswith(f"{TEXT_ENCODER_PREFIX}_") and not name.startswith(_TE_STANDARD):
-        return _TE_STANDARD + name[len(TEXT_ENCODER_PREFIX) + 1 :]
+    text_encoder = _TE_WITHOUT_TEXT_MODEL.match(name)
+    if text_encoder is not None:
+        return f"{text_encoder.group(1)}_text_model_{name[text_encoder.end():]}"
     aliases = sd_unet_aliases() if ldm_aliases is None else ldm_aliases
     return aliases.get(name, name)
 
 
 # -- diffusers / PEFT components ------------------------------------------------------------
-# The kohya prefix of each component a diffusers or PEFT LoRA names. SD 1.x/2.x have one text
-# encoder (``lora_te``); a file that also names ``text_encoder_2`` is SDXL's, whose encoders
-# are ``lora_te1``/``lora_te2`` (those modules then match no layer of an SD 1.x/2.x model).
+# diffusers and PEFT files name components (``unet``, ``text_encoder``, SDXL's ``text_encoder_2``);
+# the installed family with those components gives each one's kohya prefix.
 UNET_COMPONENT = "unet"
 TEXT_ENCODER_COMPONENTS = ("text_encoder", "text_encoder_2")
 DIFFUSERS_COMPONENTS = (UNET_COMPONENT, *TEXT_ENCODER_COMPONENTS)
-_SD_PREFIXES = {UNET_COMPONENT: UNET_PREFIX, "text_encoder": TEXT_ENCODER_PREFIX}
-_SDXL_PREFIXES = {UNET_COMPONENT: UNET_PREFIX, "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 
 
-def component_prefixes(components: Iterable[str]) -> dict[str, str]:
-    """``{component: kohya prefix}`` for the components one diffusers/PEFT file names."""
-    return dict(_SDXL_PREFIXES) if "text_encoder_2" in set(components) else dict(_SD_PREFIXES)
+def component_prefixes(components: Iterable[str], family: ModelFamily | None = None) -> dict[str, str]:
+    """``{component: kohya prefix}`` of ``family``, or of the installed family that has the
+    components one diffusers/PEFT file names (SD 1.x: ``lora_te``; with ``text_encoder_2``
+    SDXL's ``lora_te1``/``lora_te2``)."""
+    from adapters_core.plugins import get_registry
+
+    owner = family or get_registry().family_for_components(components)
+    return {component.name: component.kohya_prefix for component in owner.components}
 
 
 def component_module_name(prefix: str, component: str, path: str) -> str:

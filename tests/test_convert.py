@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from adapt_cli.commands.convert import convert
 from adapters_core.errors import FormatError, OutputExistsError
 from adapters_core.formats import load_adapter, save_adapter
-from adapters_core.interop.convert import read_lora
+from adapters_core.interop.adapter_source import read_lora
 from adapters_core.models import build_tiny_model, to_pipeline
 from adapters_core.network import Network
 

@@ -26,7 +26,7 @@ from adapters_core.choices import ADAPTER_OUTPUT_SUFFIXES, DIFFUSERS_LAYOUTS, LO
 )
 @click.option(
     "--model", default=None,
-    help="Base model (Diffusers folder, checkpoint, or sd_v1/sd_v2/sd_v2_v/tiny): check every module "
+    help="Base model (Diffusers folder, checkpoint, or sd_v1/sd_v2/sd_v2_v/tiny/sdxl/tiny_sdxl): check every module "
     "against its layers and shape the weights for them (needed for SD 2.x files with 4-D proj weights).",
 )
 @click.option(
@@ -44,12 +44,13 @@ def convert(
     """Convert the LoRA SOURCE to OUTPUT in another format.
 
     \b
-    kohya      OUTPUT.safetensors with lora_unet_*/lora_te_* keys (A1111, ComfyUI, sd-scripts)
+    kohya      OUTPUT.safetensors with lora_unet_*/lora_te_* keys (SDXL: lora_te1_*/lora_te2_*;
+               A1111, ComfyUI, sd-scripts)
     diffusers  OUTPUT.safetensors (or a folder) as save_lora_weights writes it; alpha/rank is
                folded into lora_B because the format has no alpha. ComfyUI skips the U-Net
                attention modules of this (peft) layout: --layout comfyui writes the older
                attention-processor keys, which diffusers and ComfyUI both read
-    peft       OUTPUT folder with unet/ and text_encoder/ PEFT adapters (adapter_config.json with
+    peft       OUTPUT folder with unet/ and text_encoder/ (SDXL: text_encoder_2/ too) PEFT adapters (adapter_config.json with
                per-module rank_pattern/alpha_pattern, adapter_model.safetensors)
 
     A kohya output whose Linear/1x1 modules differ in alpha gets alpha/rank folded into lora_up

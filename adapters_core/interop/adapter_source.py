@@ -26,7 +26,8 @@ from adapters_core.interop.convert_formats import (
     read_diffusers,
     read_peft,
 )
-from adapters_core.interop.lora_set import LoRASet, kohya_state_dict, lora_set_from_kohya
+from adapters_core.interop.lora_set import LoRASet, kohya_state_dict, lora_set_from_kohya, renamed
+from adapters_core.models.structure import ModelStructure, naming_structure_for
 
 FORMATS = LORA_FORMATS
 
@@ -38,9 +39,9 @@ class SourceAdapter(AdapterFile):
     source_format: str = "kohya"
 
 
-def read_lora(path: str | os.PathLike[str], source_format: str = "auto") -> LoRASet:
-    """A LoRA file or folder in any supported format (``auto`` detects it)."""
-    source = Path(path)
+def read_lora_as_written(source: Path, source_format: str = "auto") -> LoRASet:
+    """A LoRA file or folder in any supported format (``auto`` detects it), module names as
+    its format spells them."""
     if not source.exists():
         raise FormatError(f"{source}: no such file or folder")
     fmt = detect_format(source) if source_format == "auto" else source_format
@@ -54,6 +55,16 @@ def read_lora(path: str | os.PathLike[str], source_format: str = "auto") -> LoRA
     raise ConfigError(f"--from {source_format}: expected auto, {', '.join(FORMATS)}")
 
 
+def read_lora(
+    path: str | os.PathLike[str], source_format: str = "auto", structure: ModelStructure | None = None
+) -> LoRASet:
+    """A LoRA file or folder in any supported format, modules under the standard kohya names
+    of ``structure`` (default: the naming structure of the family the file's names fit)."""
+    lora = read_lora_as_written(Path(path), source_format)
+    naming = structure or naming_structure_for(lora.modules, lora.metadata)
+    return renamed(lora, naming.aliases, str(path))
+
+
 def _as_kohya(path: Path, lora: LoRASet, fmt: str) -> SourceAdapter:
     return SourceAdapter(path, kohya_state_dict(lora), dict(lora.metadata), fmt)
 
@@ -64,7 +75,7 @@ def read_adapter_file(path: str | os.PathLike[str]) -> SourceAdapter:
     source = Path(path)
     if source.is_dir():
         fmt = detect_format(source)
-        return _as_kohya(source, read_lora(source, fmt), fmt)
+        return _as_kohya(source, read_lora_as_written(source, fmt), fmt)
     loaded = load_adapter(source)
     layout = keys_format(list(loaded.tensors))
     if layout == "diffusers":

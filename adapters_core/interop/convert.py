@@ -2,7 +2,9 @@
 
 Reading goes through :class:`adapters_core.interop.lora_set.LoRASet` (see there for how each format
 stores the scale). Module names need no model to convert, but paths do: without a model
-the SD 1.x/2.x names are used; with ``model`` the modules are also checked against that
+the names of the installed family the file's names fit are used (SD 1.x/2.x share theirs;
+SDXL's U-Net names are LDM-style, ``lora_unet_input_blocks_4_1_...``, its diffusers paths
+``unet.down_blocks.1.attentions.0...``); with ``model`` the modules are also checked against that
 model's layers and down/up weights are reshaped to them (2-D for Linear, 4-D for conv
 layers, which matters for SD 2.x ``proj_in``/``proj_out``).
 """
@@ -19,10 +21,10 @@ import torch
 from adapters_core.choices import DIFFUSERS_LAYOUTS
 from adapters_core.errors import ConfigError, FormatError
 from adapters_core.family import ModelFamily
-from adapters_core.interop.adapter_source import FORMATS, read_lora
+from adapters_core.interop.adapter_source import FORMATS, read_lora_as_written
 from adapters_core.interop.convert_formats import write_diffusers, write_peft
-from adapters_core.interop.lora_set import DOWN, UP, LoRASet, write_kohya
-from adapters_core.models.structure import ModelStructure, model_structure, naming_structure
+from adapters_core.interop.lora_set import DOWN, UP, LoRASet, renamed, write_kohya
+from adapters_core.models.structure import ModelStructure, model_structure, naming_structure_for
 from adapters_core.ops.deltas import bundled_layer_shapes
 from adapters_core.plugins import get_registry
 
@@ -51,12 +53,13 @@ class ConvertResult:
     warning: str | None = None  # one line when a common loader would skip part of it
 
 
-def _family_of(lora: LoRASet) -> ModelFamily:
-    """The first installed family whose bundled model has every module of ``lora`` with the
-    factors' input and output sizes (SD 2.x's cross attention reads 1024-wide contexts, SD
-    1.x's 768); the family of SD 1.x-shaped models when none fits."""
-    registry = get_registry()
-    for family in registry.families.values():
+def _family_of(lora: LoRASet, naming: ModelStructure) -> ModelFamily:
+    """The first installed family named like ``naming`` whose bundled model has every module of
+    ``lora`` with the factors' input and output sizes (SD 2.x's cross attention reads 1024-wide
+    contexts, SD 1.x's 768); the naming structure's family when none fits."""
+    for family in get_registry().families.values():
+        if family.components != naming.family.components:
+            continue
         shapes = bundled_layer_shapes(family.name)
         if all(
             name in shapes
@@ -65,11 +68,18 @@ def _family_of(lora: LoRASet) -> ModelFamily:
             for name, tensors in lora.modules.items()
         ):
             return family
-    return registry.family_for_components(["unet", "text_encoder"])
+    return naming.family
 
 
-def _unknown_modules(lora: LoRASet, structure: ModelStructure) -> list[str]:
-    return sorted(name for name in lora.modules if name not in structure)
+def _check_modules(source: object, lora: LoRASet, structure: ModelStructure) -> None:
+    """Every module names a layer of ``structure``, or one line naming the first that does not."""
+    unknown = sorted(name for name in lora.modules if name not in structure)
+    if unknown:
+        hint = structure.family.foreign_module_hint(unknown[0])
+        raise FormatError(
+            f"{source}: {len(unknown)} modules match no layer of {structure.name} (e.g. {unknown[0]}"
+            f"{f': {hint}' if hint else ''}); `adapt check` lists them"
+        )
 
 
 def convert_lora(
@@ -87,29 +97,23 @@ def convert_lora(
     file or folder for diffusers, a folder for PEFT)."""
     if to not in FORMATS:
         raise ConfigError(f"--to {to}: expected one of {', '.join(FORMATS)}")
-    lora = read_lora(source, source_format)
     structure = model_structure(model) if model is not None else None
-    naming = structure or (naming_structure() if to != "kohya" else None)
-    if naming is not None:
-        unknown = _unknown_modules(lora, naming)
-        if unknown:
-            raise FormatError(
-                f"{source}: {len(unknown)} modules match no layer of {naming.name} (e.g. {unknown[0]}); "
-                "`adapt check` lists them"
-            )
+    written_names = read_lora_as_written(Path(source), source_format)
+    naming = structure or naming_structure_for(written_names.modules, written_names.metadata)
+    lora = renamed(written_names, naming.aliases, str(source))
+    if structure is not None or to != "kohya":
+        _check_modules(source, lora, naming)
     if to == "kohya":
-        family = structure.family if structure is not None else _family_of(lora)
+        family = structure.family if structure is not None else _family_of(lora, naming)
         write_kohya(lora, output, dtype=dtype, overwrite=overwrite, family=family)
         written = Path(output)
     elif to == "diffusers":
-        assert naming is not None
         if layout not in DIFFUSERS_LAYOUTS:
             raise ConfigError(f"--layout {layout}: expected one of {', '.join(DIFFUSERS_LAYOUTS)}")
         written = write_diffusers(
             lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite, layout=layout
         )
     else:
-        assert naming is not None
         written = write_peft(lora, naming, output, fit=structure is not None, dtype=dtype, overwrite=overwrite)
     log.info("%s (%s) -> %s (%s): %d modules", source, lora.source_format, written, to, len(lora.modules))
     readers = READERS[(to, layout if to == "diffusers" else None)]

@@ -45,6 +45,7 @@ from adapters_core.keys import (
 )
 from adapters_core.models.structure import ModelStructure
 from adapters_core.module import fit_tensor
+from adapters_core.plugins import get_registry
 from adapters_core.targets import layer_weight, text_encoder_module_path
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_KEY_PREFIX = "base_model.model."
-COMPONENTS = ("unet", "text_encoder")  # the components adapt writes (SD 1.x/2.x)
 
 _PART_RE = re.compile(
     r"^(?P<path>.+?)\.(?:(?P<down>lora_A(?:\.\w+)?\.weight|lora\.down\.weight|lora_linear_layer\.down\.weight)"
@@ -179,12 +179,15 @@ def _peft_sources(path: Path) -> list[tuple[str | None, Path, dict[str, Any] | N
         config = json.loads(config_file.read_text()) if config_file.is_file() else None
         return [(None, path, config)]
     folders: list[tuple[str | None, Path]] = [
-        (component, path / component) for component in COMPONENTS if (path / component / PEFT_CONFIG_NAME).is_file()
+        (component, path / component) for component in DIFFUSERS_COMPONENTS
+        if (path / component / PEFT_CONFIG_NAME).is_file()
     ]
     if not folders and (path / PEFT_CONFIG_NAME).is_file():
         folders = [(None, path)]
     if not folders:
-        raise FormatError(f"{path}: no {PEFT_CONFIG_NAME} in it or in unet/ or text_encoder/; not a PEFT adapter")
+        raise FormatError(
+            f"{path}: no {PEFT_CONFIG_NAME} in it or in {'/, '.join(DIFFUSERS_COMPONENTS)}/; not a PEFT adapter"
+        )
     sources: list[tuple[str | None, Path, dict[str, Any] | None]] = []
     for component, folder in folders:
         weights = folder / PEFT_WEIGHTS_NAME
@@ -222,16 +225,24 @@ def detect_format(path: Path) -> str:
         keys = [key for key in read_safetensors_header(path) if key != "__metadata__"]
     else:
         keys = list(load_adapter(path).tensors)
-    if keys and all(key.startswith(("lora_unet_", "lora_te_")) for key in keys):
+    prefixes = kohya_prefixes()
+    if keys and all(key.startswith(prefixes) for key in keys):
         return "kohya"
     fmt = keys_format(keys)
     if fmt is not None:
         return fmt
     sample = ", ".join(sorted(keys)[:2]) or "no tensors"
     raise FormatError(
-        f"{path}: not a kohya (lora_unet_/lora_te_), diffusers (unet./text_encoder.) or PEFT "
+        f"{path}: not a kohya ({'/'.join(prefixes)}), diffusers ({'/'.join(f'{c}.' for c in DIFFUSERS_COMPONENTS)}) or PEFT "
         f"(base_model.model.) LoRA; keys: {sample}"
     )
+
+
+def kohya_prefixes() -> tuple[str, ...]:
+    """The starts of kohya keys: every installed family's component prefixes (``lora_unet_``,
+    ``lora_te_``, SDXL's ``lora_te1_``/``lora_te2_``)."""
+    families = get_registry().families.values()
+    return tuple(dict.fromkeys(f"{c.kohya_prefix}_" for family in families for c in family.components))
 
 
 def keys_format(keys: list[str]) -> str | None:

@@ -40,7 +40,6 @@ from adapters_core.plugins import get_registry
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class LoRASet:
     """LoRA modules by kohya name, each with ``lora_down.weight``, ``lora_up.weight`` and a 0-d ``alpha``."""
@@ -115,27 +114,36 @@ def summary_dim_alpha(lora: LoRASet) -> tuple[int, float]:
 
 # -- kohya --------------------------------------------------------------------------------
 def lora_set_from_kohya(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], source: str) -> LoRASet:
-    """A kohya LoRA state dict as a :class:`LoRASet`; names normalised (LDM U-Net names,
-    text-encoder names without ``text_model_``)."""
+    """A kohya LoRA state dict as a :class:`LoRASet`, module names as the file spells them
+    (:func:`renamed` gives them a family's standard spelling)."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    for raw_name, parts in split_module_keys(tensors).items():
+    for name, parts in split_module_keys(tensors).items():
         unknown = sorted(set(parts) - set(LORA_KEYS))
         if unknown:
             raise FormatError(
-                f"{source}: {raw_name}.{unknown[0]}: only LoRA modules (lora_down.weight, lora_up.weight, alpha) "
+                f"{source}: {name}.{unknown[0]}: only LoRA modules (lora_down.weight, lora_up.weight, alpha) "
                 "can be converted"
             )
         if DOWN not in parts or UP not in parts:
             missing = DOWN if DOWN not in parts else UP
-            raise FormatError(f"{source}: module {raw_name} has no {missing}")
+            raise FormatError(f"{source}: module {name} has no {missing}")
         alpha = parts.get(ALPHA)
-        name = normalize_module_name(raw_name)
-        if name in modules:
-            raise FormatError(f"{source}: module {name} appears twice (as {raw_name} and under another spelling)")
         modules[name] = module_tensors(parts[DOWN], parts[UP], float(alpha) if alpha is not None else None)
     if not modules:
         raise FormatError(f"{source}: no LoRA modules found")
     return LoRASet(modules, dict(metadata), "kohya")
+
+
+def renamed(lora: LoRASet, aliases: Mapping[str, str], source: str) -> LoRASet:
+    """``lora`` with every module under its standard kohya name (``aliases``: a model's other
+    spellings, :meth:`ModelStructure.aliases`; text-encoder names without ``text_model_``)."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for raw_name, tensors in lora.modules.items():
+        name = normalize_module_name(raw_name, aliases)
+        if name in modules:
+            raise FormatError(f"{source}: module {name} appears twice (as {raw_name} and under another spelling)")
+        modules[name] = tensors
+    return LoRASet(modules, dict(lora.metadata), lora.source_format)
 
 
 def kohya_state_dict(lora: LoRASet) -> dict[str, torch.Tensor]:

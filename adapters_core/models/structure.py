@@ -11,8 +11,9 @@ allocates nothing.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch import nn
 
 from adapters_core.errors import ModelLoadError
 from adapters_core.family import ModelFamily
+from adapters_core.keys import normalize_module_name
 from adapters_core.matching import loadable_targets
 from adapters_core.metadata import family_from_metadata
 from adapters_core.plugins import get_registry
@@ -122,11 +124,22 @@ def structure_from_metadata(metadata: Mapping[str, str]) -> ModelStructure:
     return _builtin(family, v_prediction, family.base_model_version(v_prediction))
 
 
-def naming_structure() -> ModelStructure:
-    """Every module name SD 1.x and 2.x share, for renaming keys without a model: the SD U-Net
-    (both versions name their layers alike) with the 23-layer SD 2.x text encoder (whose
-    names include SD 1.x's 12 layers)."""
+def _shares_sd_names(family: ModelFamily) -> bool:
+    """Whether ``family`` names its modules as SD 1.x/2.x do (the same components)."""
+    return family.components == get_registry().family_for_components(["unet", "text_encoder"]).components
+
+
+@functools.cache
+def naming_structure(family_name: str | None = None) -> ModelStructure:
+    """The module names of a family, for renaming keys without a model (built once).
+
+    SD 1.x and 2.x (and families with their components) share one: the SD U-Net (both
+    versions name their layers alike) with the 23-layer SD 2.x text encoder (whose names
+    include SD 1.x's 12 layers). Any other family: its bundled model (SDXL 1.0's names
+    include the tiny SDXL's)."""
     registry = get_registry()
+    if family_name is not None and not _shares_sd_names(registry.family(family_name)):
+        return _builtin(registry.family(family_name), False, f"{family_name} names")
     sd1 = registry.family_for_components(["unet", "text_encoder"])
     v2_families = [family for family in registry.families.values() if family.kohya_v2] or [sd1]
     components: dict[str, nn.Module | None] = {
@@ -134,3 +147,27 @@ def naming_structure() -> ModelStructure:
         "text_encoder": v2_families[0].build_components(device="meta")["text_encoder"],
     }
     return ModelStructure("SD 1.x/2.x names", sd1, components)
+
+
+def _has_prefixes(family: ModelFamily, names: list[str]) -> bool:
+    prefixes = tuple(f"{component.kohya_prefix}_" for component in family.components)
+    return all(name.startswith(prefixes) for name in names)
+
+
+def naming_structure_for(names: Iterable[str], metadata: Mapping[str, str]) -> ModelStructure:
+    """The naming structure a file's modules are read in when no model is given: the first
+    installed family (one its metadata claims first) whose component prefixes start every name
+    and whose names include them all (LDM/diffusers spellings as the family reads them);
+    the first family with the prefixes when none has every name (the caller reports the rest)."""
+    wanted = list(names)
+    fitting = [family for family in get_registry().families.values() if _has_prefixes(family, wanted)]
+    fitting.sort(key=lambda family: not family.claims_metadata(metadata))
+    tried: list[ModelStructure] = []
+    for family in fitting:
+        structure = naming_structure(None if _shares_sd_names(family) else family.name)
+        if any(structure is seen for seen in tried):
+            continue
+        tried.append(structure)
+        if all(normalize_module_name(name, structure.aliases) in structure for name in wanted):
+            return structure
+    return tried[0] if tried else naming_structure()
