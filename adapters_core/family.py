@@ -69,6 +69,9 @@ class ModelFamily:
     kohya_v2: bool = False
     #: kohya's ``ss_base_model_version`` values this family writes and reads.
     base_model_versions: tuple[str, ...] = ()
+    #: Names of the family's bundled models that ``--model`` accepts instead of a path (``check``,
+    #: ``convert``): name -> whether that bundled model predicts v (``sd_v2_v``).
+    model_names: Mapping[str, bool] = {}
     #: The VAE's activations overflow float16 (SDXL 1.0's give NaN): training keeps it in
     #: float32 under ``--mixed_precision fp16`` as if ``--no_half_vae`` were given
     #: (bfloat16 has float32's range and is used as asked).

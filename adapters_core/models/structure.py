@@ -34,7 +34,7 @@ def builtin_model_names() -> dict[str, tuple[ModelFamily, bool]]:
     (``sd_v1``, ``sd2-v``, ``tiny`` ...) -> (family, v-prediction)."""
     names: dict[str, tuple[ModelFamily, bool]] = {}
     for family in get_registry().families.values():
-        for name, v_prediction in getattr(family, "model_names", {}).items():
+        for name, v_prediction in family.model_names.items():
             names.setdefault(name, (family, v_prediction))
     return names
 
