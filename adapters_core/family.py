@@ -79,6 +79,11 @@ class ModelFamily:
     #: :meth:`write_demo_model` writes a small model of the family (``adapt quickstart --model_family``).
     has_demo_model: bool = False
 
+    @property
+    def text_encoder_names(self) -> list[str]:
+        """The components that are text encoders, in the family's order."""
+        return [part.name for part in self.components if part.role == "text_encoder"]
+
     # -- names ---------------------------------------------------------------------------
     def base_model_version(self, v_prediction: bool) -> str:
         """kohya's ``ss_base_model_version`` of an adapter trained on this family."""
@@ -211,7 +216,7 @@ class ModelFamily:
 
     def pipeline_tokenizers(self, pipe: Any) -> dict[str, Any]:
         """The tokenizers of one of the family's pipelines, by text-encoder component name."""
-        names = [c.name for c in self.components if c.role == "text_encoder"]
+        names = self.text_encoder_names
         tokenizer_attr = {name: name.replace("text_encoder", "tokenizer") for name in names}
         return {name: getattr(pipe, attr, None) for name, attr in tokenizer_attr.items()}
 

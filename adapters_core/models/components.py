@@ -51,7 +51,7 @@ class SDModel:
 
     @property
     def text_encoder_names(self) -> list[str]:
-        return [part.name for part in self.family.components if part.role == "text_encoder"]
+        return self.family.text_encoder_names
 
     def text_encoders(self) -> Iterator[tuple[str, nn.Module]]:
         """Every text encoder, by component name, in the family's order."""

@@ -15,7 +15,7 @@ from adapters_core.network import Network
 
 def check_text_encoder_lrs(text_encoder_lrs: Sequence[float], family: ModelFamily) -> None:
     """``--text_encoder_lr`` takes one value, or one per text encoder of the family (kohya's SDXL)."""
-    encoders = [c.name for c in family.components if c.role == "text_encoder"]
+    encoders = family.text_encoder_names
     if len(text_encoder_lrs) > 1 and len(text_encoder_lrs) != len(encoders):
         raise ConfigError(
             f"--text_encoder_lr: {len(text_encoder_lrs)} values given, but a {family.description} model has "
@@ -41,9 +41,8 @@ def optimizer_param_groups(
     modules = list(network.adapter_modules())
     te_modules = [(name, m) for name, m in modules if network.targets[name].is_text_encoder]
     if len(text_encoder_lrs) > 1:
-        encoders = [c.name for c in network.family.components if c.role == "text_encoder"]
-        for encoder, lr in zip(encoders, text_encoder_lrs):
-            params = [p for name, m in te_modules if network.targets[name].component == encoder for p in m.parameters()]
+        for encoder, lr in zip(network.family.text_encoder_names, text_encoder_lrs):
+            params = [p for _, m in network.component_modules(encoder) for p in m.parameters()]
             if params and lr > 0:
                 groups.append({"params": params, "lr": lr})
                 descriptions.append(encoder)
