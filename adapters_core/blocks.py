@@ -20,6 +20,9 @@ NUM_DOWN_BLOCKS = 12
 NUM_MID_BLOCKS = 1
 NUM_BLOCKS = NUM_DOWN_BLOCKS + NUM_MID_BLOCKS + NUM_DOWN_BLOCKS  # 25
 MID_BLOCK_INDEX = NUM_DOWN_BLOCKS
+# LoRA Block Weight's 17-value form for SD 1.x/2.x: BASE and the blocks a LierLa LoRA adapts.
+LBW17_NAMES = ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",
+               *(f"OUT{i:02d}" for i in range(3, NUM_DOWN_BLOCKS)))
 
 _BLOCK_RE = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
 
@@ -53,13 +56,38 @@ class BlockLayout:
     index: Callable[[str], int]
     before: int = 0
     after: int = 0
+    lbw_short: tuple[str, ...] = ()
 
     @property
     def count(self) -> int:
         return self.before + self.down + self.mid + self.up + self.after
 
+    def lbw_name(self, block: int) -> str | None:
+        """LoRA Block Weight's name of ``block``: ``INnn``, ``M00`` (every mid block), ``OUTnn``;
+        ``None`` outside the down/mid/up blocks and for the text encoder (-1)."""
+        index = block - self.before
+        if index < 0:
+            return None
+        if index < self.down:
+            return f"IN{index:02d}"
+        if index < self.down + self.mid:
+            return "M00"
+        index -= self.down + self.mid
+        return f"OUT{index:02d}" if index < self.up else None
 
-SD_BLOCKS = BlockLayout(NUM_DOWN_BLOCKS, NUM_MID_BLOCKS, NUM_DOWN_BLOCKS, block_index)
+    @property
+    def lbw_names(self) -> tuple[str, ...]:
+        """``BASE`` and every block's LBW name (SD 1.x/2.x: 26)."""
+        return ("BASE", *(f"IN{i:02d}" for i in range(self.down)), "M00", *(f"OUT{i:02d}" for i in range(self.up)))
+
+    @property
+    def lbw_forms(self) -> tuple[tuple[str, ...], ...]:
+        """The block-weight lists this layout takes: every block with BASE, without it, and LBW's short form."""
+        forms = (self.lbw_names, self.lbw_names[1:])
+        return (*forms, self.lbw_short) if self.lbw_short else forms
+
+
+SD_BLOCKS = BlockLayout(NUM_DOWN_BLOCKS, NUM_MID_BLOCKS, NUM_DOWN_BLOCKS, block_index, lbw_short=LBW17_NAMES)
 
 
 def _preset(name: str, count: int) -> list[float]:
@@ -210,14 +238,12 @@ class RankPlan:
 
 
 # -- block multipliers at apply time (A1111 "LoRA Block Weight", kohya's --lbws) -----------
-# LBW names the text encoder BASE and the U-Net blocks IN00..IN11, M00, OUT00..OUT11: our
-# block index i is LBW position i + 1. Its 17-value form lists BASE and the blocks a LierLa
-# LoRA adapts on SD 1.x/2.x; blocks it leaves out keep 1.0, as in kohya's svd_merge_lora.
-LBW_NAMES = ("BASE", *(f"IN{i:02d}" for i in range(NUM_DOWN_BLOCKS)), "M00",
-             *(f"OUT{i:02d}" for i in range(NUM_DOWN_BLOCKS)))
-LBW17_NAMES = ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",
-               *(f"OUT{i:02d}" for i in range(3, NUM_DOWN_BLOCKS)))
-# The LoRA Block Weight extension's built-in presets (17-value form).
+# LBW names the text encoder BASE and the U-Net blocks INnn, M00, OUTnn (BlockLayout.lbw_name).
+# A layout takes its full list (BASE first, or without it) and LBW's short form, which lists
+# BASE and the blocks a LierLa LoRA adapts (SD 1.x/2.x: 17 values); blocks the short form
+# leaves out keep 1.0, as in kohya's svd_merge_lora.
+# The LoRA Block Weight extension's built-in presets (SD's 17-value form; the uniform ones
+# apply to every layout).
 BLOCK_WEIGHT_PRESETS: dict[str, str] = {
     "NONE": "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
     "ALL": "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
@@ -233,54 +259,75 @@ BLOCK_WEIGHT_PRESETS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class BlockMultipliers:
-    """Per-block factors on an adapter's multiplier: one for the text encoder (LBW's BASE)
-    and one per U-Net block (``NUM_BLOCKS``)."""
+class BlockFactors:
+    """Block multipliers resolved for one layout: the text encoder's factor (LBW's BASE)
+    and one per LBW block name; a block without a name (SDXL's embeddings) keeps 1.0."""
 
+    layout: BlockLayout
     text_encoder: float
-    unet: tuple[float, ...]
-    spec: str = ""
+    by_name: Mapping[str, float]
 
     def factor(self, block: int) -> float:
         """The factor of a module in ``block`` (-1: text encoder)."""
-        return self.text_encoder if block < 0 else self.unet[block]
+        if block < 0:
+            return self.text_encoder
+        name = self.layout.lbw_name(block)
+        return 1.0 if name is None else self.by_name.get(name, 1.0)
 
     def for_module(self, name: str) -> float:
         """The factor of a module given by its kohya name."""
-        return self.factor(block_index(name))
+        return self.factor(self.layout.index(name))
+
+
+@dataclass(frozen=True)
+class BlockMultipliers:
+    """A parsed ``--block_weights`` spec: its numbers, not yet tied to a layout (the count
+    says which form it is once the adapter's model family is known)."""
+
+    values: tuple[float, ...]
+    spec: str = ""
+    option: str = "--block_weights"
+
+    def factors(self, layout: BlockLayout, family: str = "") -> BlockFactors:
+        """The factors on ``layout``; a count that fits none of its forms is one error.
+
+        A uniform preset (``ALL``, ``NONE``, ``ALL0.5``) means the same on every layout."""
+        names = layout.lbw_names
+        if self.spec.upper() in BLOCK_WEIGHT_PRESETS and len(set(self.values)) == 1:
+            return BlockFactors(layout, self.values[0], dict.fromkeys(names[1:], self.values[0]))
+        for form in layout.lbw_forms:
+            if len(form) == len(self.values):
+                by_name = dict(zip(form, self.values, strict=True))
+                return BlockFactors(layout, by_name.pop("BASE", 1.0), by_name)
+        first, last = names[1], names[-1]
+        short = f" or {len(layout.lbw_short)} (LoRA Block Weight's form)" if layout.lbw_short else ""
+        where = f" for a {family} model" if family else ""
+        raise BlockSpecError(
+            f"{self.option} {self.spec!r}: got {len(self.values)} values; expected {len(names) - 1} "
+            f"({first}..{last}), {len(names)} (BASE, {first}..{last}){short}{where}"
+        )
 
 
 def parse_block_multipliers(text: str, option: str = "--block_weights") -> BlockMultipliers:
-    """A block-weight spec: a preset name (``OUTS``), or 25 (U-Net blocks IN00..OUT11, text
-    encoder 1), 26 (BASE first) or 17 (LBW's form) numbers, comma-separated or a JSON list."""
+    """A block-weight spec: a preset name (``OUTS``) or numbers, comma-separated or a JSON
+    list; how many a layout takes is checked by :meth:`BlockMultipliers.factors`."""
     spec = text.strip()
     values_text = BLOCK_WEIGHT_PRESETS.get(spec.upper(), spec).strip().removeprefix("[").removesuffix("]")
     try:
-        values = [float(item) for item in values_text.split(",")]
+        values = tuple(float(item) for item in values_text.split(","))
     except ValueError:
         presets = ", ".join(BLOCK_WEIGHT_PRESETS)
         raise BlockSpecError(
-            f"{option} {text!r}: expected a preset ({presets}) or {NUM_BLOCKS}, {NUM_BLOCKS + 1} or "
-            f"{len(LBW17_NAMES)} comma-separated numbers"
+            f"{option} {text!r}: expected a preset ({presets}) or comma-separated numbers, one per block"
         ) from None
-    if len(values) == len(LBW17_NAMES):
-        by_name = dict(zip(LBW17_NAMES, values))
-        values = [by_name.get(name, 1.0) for name in LBW_NAMES]
-    elif len(values) == NUM_BLOCKS:
-        values = [1.0, *values]
-    elif len(values) != len(LBW_NAMES):
-        raise BlockSpecError(
-            f"{option} {text!r}: got {len(values)} values; expected {NUM_BLOCKS} (IN00..OUT11), "
-            f"{NUM_BLOCKS + 1} (BASE, IN00..OUT11) or {len(LBW17_NAMES)} (LoRA Block Weight's form)"
-        )
     if not all(math.isfinite(v) for v in values):
         raise BlockSpecError(f"{option} {text!r}: every value must be a finite number")
-    return BlockMultipliers(values[0], tuple(values[1:]), spec)
+    return BlockMultipliers(values, spec, option)
 
 
-def module_ratio(ratio: float, multipliers: BlockMultipliers | None, name: str) -> float:
+def module_ratio(ratio: float, factors: BlockFactors | None, name: str) -> float:
     """An adapter's ratio for one module (by kohya name) after its block multipliers."""
-    return ratio if multipliers is None else ratio * multipliers.for_module(name)
+    return ratio if factors is None else ratio * factors.for_module(name)
 
 
 def block_multipliers_per_file(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from adapters_core.blocks import BlockMultipliers, RankPlan
+from adapters_core.blocks import BlockFactors, BlockMultipliers, RankPlan
 from adapters_core.errors import NonFiniteError
 from adapters_core.matching import (
     KeyMiss,
@@ -97,7 +97,7 @@ class Network(nn.Module):
         self.applied = False
         self.unmatched_keys: list[str] = []
         self.multiplier = 1.0
-        self.block_multipliers: BlockMultipliers | None = None
+        self.block_factors: BlockFactors | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -308,14 +308,17 @@ class Network(nn.Module):
             module.multiplier = self._module_ratio(name, self.multiplier)
 
     def set_block_multipliers(self, block_multipliers: BlockMultipliers | None) -> None:
-        """Weight the modules per block (A1111's LoRA Block Weight); ``None`` removes the weights."""
-        self.block_multipliers = block_multipliers
+        """Weight the modules per block (A1111's LoRA Block Weight) on the family's block
+        layout; ``None`` removes the weights. A spec that does not fit the layout is one error."""
+        self.block_factors = (
+            None if block_multipliers is None else block_multipliers.factors(self.family.blocks, self.family.name)
+        )
         self.set_multiplier(self.multiplier)
 
     def _module_ratio(self, name: str, ratio: float) -> float:
-        if self.block_multipliers is None:
+        if self.block_factors is None:
             return ratio
-        return ratio * self.block_multipliers.factor(self.targets[name].block_index)
+        return ratio * self.block_factors.factor(self.targets[name].block_index)
 
     @torch.no_grad()
     def merge_to(self, multiplier: float | None = None) -> None:

@@ -67,14 +67,10 @@ def block_label(name: str, layout: BlockLayout = SD_BLOCKS) -> str:
         return "TE"
     if not name.startswith(UNET_PREFIX + "_"):
         return "OTHER"
-    index = layout.index(name) - layout.before
-    if not 0 <= index < layout.down + layout.mid + layout.up:
+    label = layout.lbw_name(layout.index(name))
+    if label is None:
         return "UNET"
-    if index < layout.down:
-        return f"IN{index:02d}"
-    if index < layout.down + layout.mid:
-        return "MID"
-    return f"OUT{index - layout.down - layout.mid:02d}"
+    return "MID" if label == "M00" else label
 
 
 def layer_kind(layer: nn.Module) -> str | None:

@@ -204,6 +204,9 @@ def make_grid(model: SDModel, model_path: str | os.PathLike[str], request: GridR
     adapter_axis = next((i for i, a in enumerate(axes) if a.kind == "adapter"), None)
     count = len(request.network_weights) + (adapter_axis is not None)
     blocks = block_multipliers_per_file(request.block_weights, count)
+    for axis in axes:  # every block spec fits this model's layout before the first image
+        for value in axis.values if axis.kind == "blocks" else ():
+            value.factors(model.family.blocks, model.family.name)
     fixed_blocks = blocks[: len(request.network_weights)]
     varied_blocks = blocks[-1] if adapter_axis is not None else None
     fixed = load_networks(pipe, request.network_weights, request.network_mul, block_multipliers=fixed_blocks)

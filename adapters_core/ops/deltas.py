@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from adapters_core.blocks import BlockMultipliers, block_multipliers_per_file, module_ratio
+from adapters_core.blocks import BlockFactors, block_multipliers_per_file, module_ratio
 from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError
 from adapters_core.features import refuse_features
 from adapters_core.interop.adapter_source import read_adapter_file
@@ -51,11 +51,12 @@ class Adapter:
     modules: dict[str, ModuleTensors]
     metadata: dict[str, str]
     source_format: str = "kohya"  # how the file stored them: kohya, diffusers or peft
-    block_multipliers: BlockMultipliers | None = None
+    naming: ModelFamily | None = None  # the family whose module names it uses (:func:`naming_family`)
+    block_factors: BlockFactors | None = None
 
     def ratio(self, ratio: float, name: str) -> float:
         """The ratio of module ``name`` after this file's block multipliers (``--block_weights``)."""
-        return module_ratio(ratio, self.block_multipliers, name)
+        return module_ratio(ratio, self.block_factors, name)
 
     @property
     def title(self) -> str:
@@ -63,8 +64,10 @@ class Adapter:
 
     @property
     def base(self) -> tuple[ModelFamily, bool]:
-        """``(model family, v-prediction)`` recorded in the file (:func:`family_from_metadata`)."""
-        return family_from_metadata(self.metadata)
+        """``(model family, v-prediction)`` the file was made for: its naming family
+        (:func:`naming_family`: the metadata's, else the one its module names fit)."""
+        family, v_prediction = family_from_metadata(self.metadata)
+        return (self.naming or family), v_prediction
 
 
 def _refuse_unread_features(network: str, name: str, tensors: ModuleTensors, source: object) -> None:
@@ -90,24 +93,27 @@ def read_adapter(path: str | os.PathLike[str]) -> Adapter:
     network = detect_file_network(get_registry(), loaded.tensors, loaded.metadata, path)
     modules: dict[str, ModuleTensors] = {}
     by_module = split_module_keys(loaded.tensors)
-    aliases = bundled_module_aliases(naming_family(loaded.metadata, by_module).name)
+    naming = naming_family(loaded.metadata, by_module)
+    aliases = bundled_module_aliases(naming.name)
     for raw_name, tensors in by_module.items():
         _refuse_unread_features(network, raw_name, tensors, path)
         name = normalize_module_name(raw_name, aliases)
         if name in modules:
             raise FormatError(f"{path}: module {raw_name} is stored twice (also under another spelling of {name})")
         modules[name] = tensors
-    return Adapter(Path(path), network, modules, loaded.metadata, loaded.source_format)
+    return Adapter(Path(path), network, modules, loaded.metadata, loaded.source_format, naming)
 
 
 def read_adapters(paths: Sequence[str | os.PathLike[str]], block_weights: Sequence[str] = ()) -> list[Adapter]:
-    """The adapter files, each with its block multipliers (one spec for all, or one per file)."""
+    """The adapter files, each with its block multipliers (one spec for all, or one per file)
+    on the block layout of the family it was made for."""
     if not paths:
         raise ConfigError("--models: give at least one adapter file")
     weights = block_multipliers_per_file(block_weights, len(paths))
     adapters = [read_adapter(path) for path in paths]
     for adapter, multipliers in zip(adapters, weights, strict=True):
-        adapter.block_multipliers = multipliers
+        if multipliers is not None and adapter.naming is not None:
+            adapter.block_factors = multipliers.factors(adapter.naming.blocks, adapter.naming.name)
     return adapters
 
 
@@ -166,16 +172,25 @@ def model_layer_shapes(family: ModelFamily, components: Mapping[str, nn.Module |
 def naming_family(metadata: Mapping[str, str], names: Iterable[str]) -> ModelFamily:
     """The family whose naming a file read without a model follows: the one its metadata
     names, else the first whose component prefixes cover every module name (``lora_te1_``
-    is SDXL's), else SD 1.x's (:func:`family_from_metadata`)."""
+    is SDXL's) and whose bundled model has a layer for every one (a U-Net-only SDXL file's
+    ``input_blocks_7_1_transformer_blocks_5`` is not SD's), else the first whose prefixes
+    cover them, else SD 1.x's (:func:`family_from_metadata`)."""
     family, _ = family_from_metadata(metadata)
     if family.claims_metadata(metadata):
         return family
     names = list(names)
-    for candidate in [family, *get_registry().families.values()]:
-        prefixes = tuple(f"{part.kohya_prefix}_" for part in candidate.components)
-        if names and all(name.startswith(prefixes) for name in names):
+    candidates = [family, *get_registry().families.values()]
+    covering = [c for c in candidates if names and all(name.startswith(_prefixes(c)) for name in names)]
+    for candidate in covering:
+        shapes, aliases = bundled_layer_shapes(candidate.name), bundled_module_aliases(candidate.name)
+        if all(normalize_module_name(name, aliases) in shapes for name in names):
             return candidate
-    return family
+    return covering[0] if covering else family
+
+
+def _prefixes(family: ModelFamily) -> tuple[str, ...]:
+    """``lora_unet_``, ``lora_te_`` ...: the kohya prefixes of the family's components."""
+    return tuple(f"{part.kohya_prefix}_" for part in family.components)
 
 
 @functools.cache
