@@ -74,6 +74,26 @@ def test_lierla_on_sdxl_sized_model_has_kohyas_module_set() -> None:
                                           "lora_unet_time_embed_0", "lora_unet_out_2", "lora_te1_x")] == [5, 11, 21, 0, 22, -1]
 
 
+@pytest.mark.parametrize("network", ["dylora", "loha", "c3lier"])
+def test_every_type_takes_kohyas_sdxl_names(network: str) -> None:
+    """The other built-in types and a third-party one (the LoHa example) on the SDXL-sized model:
+    LierLa's 986 layers (C3Lier adds the 3x3 convs of the ResNet blocks and samplers)."""
+    family = get_registry().family("sdxl")
+    components = family.build_components(device="meta")
+    lierla = set(module_names(Network.create("lora", family=family, components=components)))
+    options = {"network_dim": 4, **{"dylora": {"unit": 2}, "c3lier": {"conv_dim": 4}}.get(network, {})}
+    names = set(module_names(Network.create(network, family=family, components=components, options=options)))
+    if network != "c3lier":
+        assert names == lierla and len(names) == 722 + 72 + 192
+        return
+    extra = names - lierla
+    assert lierla < names and all(n.startswith("lora_unet_") for n in extra)
+    containers = [m for m in components["unet"].modules()
+                  if type(m).__name__ in ("ResnetBlock2D", "Downsample2D", "Upsample2D")]
+    layers = {id(layer) for c in containers for layer in c.modules() if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert len(extra) == len(layers)  # kohya's C3Lier: every Linear/Conv2d of the ResNet blocks and samplers
+
+
 def test_sd_names_are_unchanged() -> None:
     family = get_registry().family("sd1")
     net = Network.create("lora", family=family, components=family.build_components(device="meta"))
@@ -267,6 +287,19 @@ def test_unet_only_training_with_cached_text_encoder_outputs(tiny, tmp_path: Pat
     assert modules and all(m.startswith("lora_unet_") for m in modules)
     ups = [k for k in adapter.tensors if k.endswith("lora_up.weight")]
     assert any(adapter.tensors[k].abs().sum() > 0 for k in ups)
+
+
+@pytest.mark.parametrize("network", ["dylora", "loha"])
+def test_training_other_types_on_sdxl_with_timestep_bounds(tiny, tmp_path: Path, capsys, network: str) -> None:
+    unit = ["--network_args", "unit=1"] if network == "dylora" else []
+    out = train_tiny(tiny, tmp_path, capsys, "--network", network, *unit, "--min_timestep", "200", "--max_timestep", "400")
+    adapter = load_adapter(out / "last.safetensors")
+    names = {key.partition(".")[0] for key in adapter.tensors}
+    assert any(n.startswith("lora_te1_") for n in names) and any(n.startswith("lora_te2_") for n in names)
+    assert any(n.startswith("lora_unet_input_blocks_") for n in names)
+    assert adapter.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    trained = [k for k in adapter.tensors if k.endswith(("lora_up.weight", "hada_w1_a", "hada_w2_a"))]
+    assert any(adapter.tensors[k].abs().sum() > 0 for k in trained)
 
 
 def test_python_api_on_an_sdxl_pipeline_patches_like_a_merge(tmp_path: Path) -> None:
