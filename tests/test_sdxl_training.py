@@ -3,6 +3,7 @@ VAE's float32 under fp16, text-encoder output caching with the pooled embedding,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,3 +115,36 @@ def test_cached_text_encoder_outputs_on_disk_hold_the_pooled_embedding(tiny, tmp
     assert set(a.tensors) == set(b.tensors) and all(k.startswith("lora_unet_") for k in a.tensors)
     for key, value in a.tensors.items():  # batch size 1: cached training is uncached training
         assert torch.equal(value, b.tensors[key]), key
+
+
+def test_buckets_samples_and_resume_on_sdxl(tiny, tmp_path: Path, capsys) -> None:
+    """What works for SD 1.x works on SDXL: images of two sizes in buckets, samples through the
+    SDXL pipeline, and a run resumed from its step-2 state ends where the whole run ends."""
+    from PIL import Image
+
+    data = tmp_path / "img" / "10_sks shape"
+    data.mkdir(parents=True)
+    for index, size in enumerate([(48, 32), (32, 48), (40, 40)]):
+        Image.new("RGB", size, (60 * index, 90, 200 - 50 * index)).save(data / f"{index}.png")
+        (data / f"{index}.txt").write_text("sks shape", encoding="utf-8")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sks shape --w 64 --h 72 --s 2 --d 3\n", encoding="utf-8")
+    common = ["--enable_bucket", "--min_bucket_reso", "16", "--max_bucket_reso", "64", "--bucket_reso_steps", "16",
+              "--max_train_steps", "4", "--lr_scheduler", "cosine"]
+    full = train_argv(tiny.folder, data.parent, tmp_path / "full", *common, "--save_every_n_steps", "2",
+                      "--save_state", "--sample_prompts", str(prompts), "--sample_every_n_steps", "2")
+    assert main(full) == 0, capsys.readouterr().err
+    samples = sorted((tmp_path / "full" / "sample").glob("*_3.png"))
+    assert len(samples) == 2  # steps 2 and 4
+    with Image.open(samples[0]) as image:
+        assert image.size == (64, 72)
+    state = tmp_path / "full" / "at-step00000002-state"
+    resumed = train_argv(tiny.folder, data.parent, tmp_path / "resumed", *common, "--resume", str(state))
+    assert main(resumed) == 0, capsys.readouterr().err
+    whole = load_adapter(tmp_path / "full" / "last.safetensors")
+    again = load_adapter(tmp_path / "resumed" / "last.safetensors")
+    assert whole.tensors.keys() == again.tensors.keys()
+    for key, value in whole.tensors.items():
+        torch.testing.assert_close(again.tensors[key], value, atol=1e-6, rtol=0, msg=key)
+    assert json.loads(whole.metadata["ss_bucket_info"])["buckets"]  # the bucketing took more than one size
+    assert whole.metadata["ss_steps"] == again.metadata["ss_steps"] == "4"
