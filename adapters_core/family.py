@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from adapters_core.layer_table import LayerTable
     from adapters_core.models.components import SDModel
     from adapters_core.targets import Target
 
@@ -160,6 +161,17 @@ class ModelFamily:
         """The adaptable components without weights (on ``meta``): from the bundled configs,
         or from a Diffusers ``folder``'s configs. For naming, checking and converting."""
         raise NotImplementedError
+
+    def layer_table(self) -> LayerTable:
+        """Every layer an adapter file may adapt in the bundled model, with the other spellings
+        of their names: what the tools that read files without a model use.
+
+        By default built from :meth:`build_components` on ``meta`` (which imports the model
+        libraries); a family may ship it as JSON (:meth:`LayerTable.read`) so that ``inspect``,
+        ``check`` and the adapter-only tools start without them."""
+        from adapters_core.layer_table import LayerTable
+
+        return LayerTable.of(self, self.build_components(device="meta"))
 
     def checkpoint_state_dict(self, model: SDModel) -> dict[str, torch.Tensor]:
         """The model's tensors under the keys of the family's original single-file layout

@@ -14,6 +14,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +27,22 @@ CASES: dict[str, list[str]] = {
     "missing file (merge)": ["merge", "--models", "missing.safetensors", "--save_to", "out.safetensors"],
     "bad value (train --network_dim 0)": ["train", "--network_dim", "0"],
     "adapt networks": ["networks"],
+    "adapt inspect LORA": ["inspect", "{lora}"],
+    "adapt check LORA": ["check", "{lora}"],
 }
+
+
+def write_lora(folder: Path) -> Path:
+    """An SD 1.5 LierLa file (rank 4, as `adapt train` creates it) for the inspect/check cases."""
+    from adapters_core.formats import save_adapter
+    from adapters_core.network import Network
+    from adapters_core.plugins import get_registry
+
+    family = get_registry().family("sd1")
+    network = Network.create("lora", family=family, components=family.build_components(device="cpu"))
+    path = folder / "lora.safetensors"
+    save_adapter(path, network.state_dict(), metadata={"ss_base_model_version": "sd_v1"})
+    return path
 
 
 def wall(command: list[str]) -> float:
@@ -39,13 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    lora = write_lora(Path(tempfile.mkdtemp(prefix="adapt-startup-")))
     wall(PEER)  # warm the file cache once
     peer: list[float] = []
     times: dict[str, list[float]] = {name: [] for name in CASES}
     for _ in range(args.rounds):
         peer.append(wall(PEER))
         for name, argv in CASES.items():
-            times[name].append(wall([*ADAPT, *argv]))
+            times[name].append(wall([*ADAPT, *(item.format(lora=lora) for item in argv)]))
     base = statistics.median(peer)
     print(f"peer: import diffusers, transformers  {base * 1000:8.0f} ms (median of {args.rounds})")
     for name, values in times.items():

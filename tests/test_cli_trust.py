@@ -55,6 +55,19 @@ def test_help_and_argument_errors_import_no_heavy_library(argv: list[str], code:
     assert heavy == "", f"adapt {' '.join(argv)} imported {heavy}"
 
 
+def test_inspect_and_check_of_a_lora_import_torch_and_safetensors_only(tmp_path: Path) -> None:
+    """No diffusers, transformers or accelerate: the bundled models' layers come from the
+    families' shipped layer tables (issue: instant CLI)."""
+    from adapters_core.models import build_tiny_model
+
+    lora = tmp_path / "a.safetensors"
+    save_adapter(lora, random_lora(build_tiny_model(), seed=1), metadata={})
+    for argv, code in ((["inspect", str(lora)], 0), (["check", str(lora), "--model", "tiny"], 0),
+                       (["check", str(lora)], 1)):  # against SD 1.x (no metadata): the tiny names miss
+        heavy, exit_code = _imports_of(argv)
+        assert (heavy, exit_code) == ("safetensors,torch", code), argv
+
+
 def _train_process(workspace: Workspace, output: Path, *extra: str, steps: int) -> subprocess.Popen[str]:
     argv = base_args(workspace, output, "--save_state", *extra, steps=steps)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

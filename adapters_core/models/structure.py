@@ -1,12 +1,12 @@
 """The layer structure of a base model without its weights, for ``check`` and ``convert``.
 
 Checking an adapter against a model or converting its key names needs the model's layer
-names and shapes, not its weights. The family's components are therefore built on the
-``meta`` device: from the family's bundled configs (``--model sd_v1``, a name some
-installed family answers to), from a Diffusers folder's ``config.json`` files, or from the
-family a single-file checkpoint's tensor shapes reveal (only a safetensors header is read;
-a pickled ``.ckpt`` has to be loaded). Building SD 1.5 this way takes about a second and
-allocates nothing.
+names and shapes, not its weights. A bundled model (``--model sd_v1``, a name some installed
+family answers to; the family a single-file checkpoint's tensor shapes reveal, reading only
+a safetensors header; the family an adapter's metadata names) comes from the family's layer
+table (:mod:`adapters_core.layer_table`: shipped as data by the built-in families, so no
+model library is imported); a Diffusers folder's components are built on the ``meta``
+device from its ``config.json`` files, which allocates nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 from adapters_core.errors import ModelLoadError
 from adapters_core.family import ModelFamily
 from adapters_core.keys import normalize_module_name
-from adapters_core.matching import loadable_targets
+from adapters_core.layer_table import LayerTable, bundled_layer_table
 from adapters_core.metadata import family_from_metadata
 from adapters_core.plugins import get_registry
 from adapters_core.targets import Target, text_encoder_module_path
@@ -41,7 +41,7 @@ def builtin_model_names() -> dict[str, tuple[ModelFamily, bool]]:
 
 @dataclass
 class ModelStructure:
-    """U-Net and text encoder of one architecture (weights on ``meta`` unless loaded).
+    """The adaptable layers of one architecture, from its :class:`LayerTable`.
 
     Every Linear and Conv2d layer is known by its kohya module name (standard spelling):
     :meth:`module_path` is its path as the installed libraries name it, :meth:`format_path`
@@ -50,18 +50,18 @@ class ModelStructure:
 
     name: str
     family: ModelFamily
-    components: dict[str, nn.Module | None]
+    table: LayerTable
     v_prediction: bool = False
 
     @cached_property
     def targets(self) -> dict[str, Target]:
-        """Every layer an adapter file may adapt, by kohya name (:func:`loadable_targets`)."""
-        return {t.name: t for t in loadable_targets(self.family, self.components)}
+        """Every layer an adapter file may adapt, by kohya name (stand-in layers on ``meta``)."""
+        return {t.name: t for t in self.table.targets()}
 
-    @cached_property
+    @property
     def aliases(self) -> dict[str, str]:
         """Other spellings of module names files use (:meth:`ModelFamily.module_aliases`)."""
-        return self.family.module_aliases(self.components, self.targets.values())
+        return dict(self.table.aliases)
 
     def __contains__(self, name: str) -> bool:
         return name in self.targets
@@ -84,8 +84,7 @@ class ModelStructure:
 
 
 def _builtin(family: ModelFamily, v_prediction: bool, name: str) -> ModelStructure:
-    components: dict[str, nn.Module | None] = dict(family.build_components(device="meta", v_prediction=v_prediction))
-    return ModelStructure(name, family, components, v_prediction)
+    return ModelStructure(name, family, bundled_layer_table(family.name), v_prediction)
 
 
 def _from_diffusers_folder(folder: Path) -> ModelStructure:
@@ -93,7 +92,7 @@ def _from_diffusers_folder(folder: Path) -> ModelStructure:
 
     family = detect_family(folder)
     components: dict[str, nn.Module | None] = dict(family.build_components(device="meta", folder=folder))
-    return ModelStructure(str(folder), family, components)
+    return ModelStructure(str(folder), family, LayerTable.of(family, components))
 
 
 def _from_single_file(path: Path) -> ModelStructure:
@@ -142,11 +141,8 @@ def naming_structure(family_name: str | None = None) -> ModelStructure:
         return _builtin(registry.family(family_name), False, f"{family_name} names")
     sd1 = registry.family_for_components(["unet", "text_encoder"])
     v2_families = [family for family in registry.families.values() if family.kohya_v2] or [sd1]
-    components: dict[str, nn.Module | None] = {
-        "unet": sd1.build_components(device="meta")["unet"],
-        "text_encoder": v2_families[0].build_components(device="meta")["text_encoder"],
-    }
-    return ModelStructure("SD 1.x/2.x names", sd1, components)
+    table = bundled_layer_table(sd1.name).only(["unet"]) + bundled_layer_table(v2_families[0].name).only(["text_encoder"])
+    return ModelStructure("SD 1.x/2.x names", sd1, table)
 
 
 def _has_prefixes(family: ModelFamily, names: list[str]) -> bool:

@@ -24,6 +24,7 @@ from adapters_core.errors import ConfigError, FormatError, ShapeMismatchError
 from adapters_core.features import refuse_features
 from adapters_core.interop.adapter_source import read_adapter_file
 from adapters_core.keys import normalize_module_name
+from adapters_core.layer_table import bundled_layer_table
 from adapters_core.lora_keys import resolve_alpha
 from adapters_core.matching import detect_file_network, loadable_targets, module_spec
 from adapters_core.metadata import family_from_metadata
@@ -193,19 +194,15 @@ def _prefixes(family: ModelFamily) -> tuple[str, ...]:
     return tuple(f"{part.kohya_prefix}_" for part in family.components)
 
 
-@functools.cache
-def bundled_module_aliases(family_name: str) -> dict[str, str]:
-    """Other spellings of an installed family's module names (its bundled model, on "meta")."""
-    family = get_registry().family(family_name)
-    components = family.build_components(device="meta")
-    return family.module_aliases(components, loadable_targets(family, components))
+def bundled_module_aliases(family_name: str) -> Mapping[str, str]:
+    """Other spellings of an installed family's module names (its bundled model's layer table)."""
+    return bundled_layer_table(family_name).aliases
 
 
 @functools.cache
 def bundled_layer_shapes(family_name: str) -> dict[str, torch.Size]:
-    """Layer shapes of an installed family's bundled model, built on "meta"."""
-    family = get_registry().family(family_name)
-    return model_layer_shapes(family, family.build_components(device="meta"))
+    """Layer shapes of an installed family's bundled model (its layer table)."""
+    return {name: torch.Size(shape) for name, shape in bundled_layer_table(family_name).shapes.items()}
 
 
 def _given(table: ShapeTable) -> ShapeTable:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from adapters_core.layer_table import LayerTable
     from adapters_core.models.bundled import ConfigName
     from adapters_core.models.components import SDModel
     from adapters_core.targets import Target
@@ -98,6 +99,12 @@ class StableDiffusionFamily(ModelFamily):
         if module_name.startswith(("lora_te1_", "lora_te2_")):
             return "SDXL text-encoder module; SD 1.x/2.x models have one text encoder (lora_te_)"
         return None
+
+    def layer_table(self) -> LayerTable:
+        """Shipped in ``tables/`` (``scripts/write_layer_tables.py``), so tools reading files start fast."""
+        from adapters_core.layer_table import shipped_or_built
+
+        return shipped_or_built(self, Path(__file__).with_name("tables"))
 
     def module_aliases(self, components: Mapping[str, nn.Module | None], targets: Iterable[Target]) -> dict[str, str]:
         from adapters_core.keys import ldm_unet_aliases

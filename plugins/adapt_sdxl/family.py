@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from adapters_core.layer_table import LayerTable
     from adapters_core.models.components import SDModel
     from adapters_core.models.ldm_layout import KeyMap
     from adapters_core.targets import Target
@@ -99,6 +100,12 @@ class SDXLFamily(ModelFamily):
             return super().module_path_for_name(component, path)
         ldm = self._unet_key_map.to_ldm(f"{path}.weight")
         return ldm.removesuffix(".weight") if ldm is not None else path
+
+    def layer_table(self) -> LayerTable:
+        """Shipped in ``tables/`` (``scripts/write_layer_tables.py``), so tools reading files start fast."""
+        from adapters_core.layer_table import shipped_or_built
+
+        return shipped_or_built(self, Path(__file__).with_name("tables"))
 
     def module_aliases(self, components: Mapping[str, nn.Module | None], targets: Iterable[Target]) -> dict[str, str]:
         """U-Net modules named after their diffusers paths (``lora_unet_down_blocks_1_...``)."""

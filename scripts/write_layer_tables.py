@@ -1,0 +1,35 @@
+"""Write the layer tables the built-in model families ship (``plugins/adapt_*/tables/``).
+
+Run after changing a bundled config or the target rules; tests/test_layer_tables.py fails
+while a shipped table differs from the model built from the configs.
+
+    .venv/bin/python scripts/write_layer_tables.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from adapters_core.layer_table import LayerTable
+from adapters_core.plugins import get_registry
+
+SHIPPING_PACKAGES = ("adapt_sd", "adapt_sdxl")
+
+
+def main() -> int:
+    for family in get_registry().families.values():
+        package = type(family).__module__.split(".")[0]
+        if package not in SHIPPING_PACKAGES:
+            continue
+        folder = Path(sys.modules[type(family).__module__].__file__ or "").with_name("tables")
+        folder.mkdir(exist_ok=True)
+        table = LayerTable.of(family, family.build_components(device="meta"))
+        path = folder / f"{family.name}.json"
+        path.write_text(table.to_json(), encoding="utf-8")
+        print(f"{path}: {len(table.rows)} layers, {len(table.aliases)} aliases")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
