@@ -48,9 +48,10 @@ _verbose_libraries = False
 def set_verbosity(level: str) -> None:
     """``quiet``, ``normal`` or ``verbose`` (see the module docstring).
 
-    Imports no library: transformers and diffusers get their settings from
-    :func:`apply_library_verbosity` when :mod:`adapters_core.models` imports them, so that
-    ``--help`` and argument errors stay instant.
+    Imports no library: transformers and diffusers read their log level from the environment
+    when they are imported, and :func:`apply_library_verbosity` (called before any model is
+    loaded) sets their progress bars, so that ``--help``, argument errors and the tools that
+    need neither library stay instant.
     """
     global _verbose_libraries
     from adapters_core.progress import set_progress_bars
@@ -64,6 +65,8 @@ def set_verbosity(level: str) -> None:
     for name in DEPENDENCY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0" if verbose else "1"
+    for library in ("TRANSFORMERS", "DIFFUSERS"):  # read when the library is imported
+        os.environ[f"{library}_VERBOSITY"] = "info" if verbose else "error"
     set_progress_bars(level != "quiet")
     if not verbose:
         warnings.filterwarnings("ignore")  # dependencies' deprecation and user warnings

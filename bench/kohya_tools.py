@@ -39,7 +39,7 @@ RANK = 32
 # -- inputs ---------------------------------------------------------------------------------------
 def adapted_layers(checkpoint: Path, shapes: dict[str, torch.Size]) -> dict[str, tuple[str, torch.Size]]:
     """kohya module name -> (LDM key, weight shape) in an SD 1.x file, for the layers of ``shapes``."""
-    from adapt_sd.loading import ldm_module_names
+    from adapt_sd.checkpoint_names import ldm_module_names
     from adapters_core.models.bundled import load_config
     from adapters_core.ops.streaming import open_checkpoint
 

@@ -55,15 +55,21 @@ def test_help_and_argument_errors_import_no_heavy_library(argv: list[str], code:
     assert heavy == "", f"adapt {' '.join(argv)} imported {heavy}"
 
 
-def test_inspect_and_check_of_a_lora_import_torch_and_safetensors_only(tmp_path: Path) -> None:
-    """No diffusers, transformers or accelerate: the bundled models' layers come from the
-    families' shipped layer tables (issue: instant CLI)."""
-    from adapters_core.models import build_tiny_model
+def test_tools_on_files_import_torch_and_safetensors_only(tmp_path: Path) -> None:
+    """inspect, check and merge (of adapters, and into a single file) import no diffusers,
+    transformers or accelerate: the bundled models' layers come from the families' shipped
+    layer tables, a single file's layers from its key table (issue: instant CLI)."""
+    from adapters_core.models import build_tiny_model, write_tiny_model
 
     lora = tmp_path / "a.safetensors"
     save_adapter(lora, random_lora(build_tiny_model(), seed=1), metadata={})
+    model = tmp_path / "tiny.safetensors"
+    write_tiny_model(tmp_path / "tiny", seed=0, single_file=model)
     for argv, code in ((["inspect", str(lora)], 0), (["check", str(lora), "--model", "tiny"], 0),
-                       (["check", str(lora)], 1)):  # against SD 1.x (no metadata): the tiny names miss
+                       (["check", str(lora)], 1),  # against SD 1.x (no metadata): the tiny names miss
+                       (["merge", "--models", str(lora), str(lora), "--save_to", str(tmp_path / "m.safetensors")], 0),
+                       (["merge", "--sd_model", str(model), "--models", str(lora),  # streamed tensor by tensor
+                         "--save_to", str(tmp_path / "merged.safetensors")], 0)):
         heavy, exit_code = _imports_of(argv)
         assert (heavy, exit_code) == ("safetensors,torch", code), argv
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from diffusers import AutoencoderKL
 from torch import nn
 
 from adapters_core.family import ModelFamily
-from adapters_core.quiet import apply_library_verbosity
 
-apply_library_verbosity()  # the libraries log and draw bars only with --verbose
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
 
 
 @dataclass

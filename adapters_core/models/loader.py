@@ -11,20 +11,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
-from accelerate import init_empty_weights
-from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
-from transformers import CLIPTokenizer
 
 from adapters_core.errors import AdaptError, ModelLoadError
 from adapters_core.family import ModelFamily
 from adapters_core.models.components import SDModel
 from adapters_core.models.single_file import PathLike, read_checkpoint
 from adapters_core.plugins import get_registry
+from adapters_core.quiet import apply_library_verbosity
 from adapters_core.textfiles import read_json
+
+if TYPE_CHECKING:  # transformers, accelerate and huggingface_hub load in the functions that use them
+    from transformers import CLIPTokenizer
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
@@ -51,6 +52,7 @@ def load_sd_model(
     path = Path(path)
     found = detect_family(path)
     check_family(path, family, found)
+    apply_library_verbosity()  # the libraries' own bars and logs, as --verbose says
     model = found.load(
         path,
         v_prediction=v_parameterization,
@@ -172,6 +174,8 @@ def assign_weights(
 ) -> ModuleT:
     """Build a module without allocating its weights, then adopt ``state``'s tensors, cast to
     ``dtype`` (``state`` is emptied; the key check guarantees every parameter is replaced)."""
+    from accelerate import init_empty_weights
+
     with init_empty_weights():  # parameters on "meta"; buffers (CLIP position_ids) stay real
         module = build()
     # Copies, even without a cast: tensors read from a safetensors file are views at unaligned
@@ -209,6 +213,9 @@ def find_clip_tokenizer(
     """The tokenizer from ``tokenizer_path`` or the HF cache (``cached_repo``: repository and
     subfolder; files checked first: transformers 5 silently builds an empty tokenizer from a
     folder without them). ``model_name`` names the model in the hint (``SD 1.x``)."""
+    from huggingface_hub import try_to_load_from_cache
+    from transformers import CLIPTokenizer
+
     if tokenizer_path is not None:
         folder = Path(tokenizer_path)
         if has_tokenizer_files(folder / "tokenizer"):

@@ -22,7 +22,6 @@ from adapters_core.models.ldm_layout import (
     unet_to_ldm,
     vae_to_ldm,
 )
-from adapters_core.models.pipeline import scheduler_for_saving
 
 PathLike = str | os.PathLike[str]
 ComponentStateDicts = Mapping[str, Mapping[str, torch.Tensor]]
@@ -150,6 +149,8 @@ def save_diffusers(model: SDModel, folder: PathLike, *, overwrite: bool = False)
     The scheduler saved is the class named in ``model.noise_scheduler_config`` (DDIM if none).
     """
     folder = Path(folder)
+    from adapters_core.models.pipeline import scheduler_for_saving  # diffusers: only when a folder is written
+
     pipe = model.family.build_pipeline(model, scheduler_for_saving(model))
     weights = sum(tensor_bytes(m.state_dict()) for m in model.modules())
     with atomic_path(folder, overwrite, expected_bytes=weights) as tmp:

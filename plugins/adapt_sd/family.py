@@ -161,7 +161,7 @@ class StableDiffusionFamily(ModelFamily):
         }
 
     def checkpoint_module_keys(self, shapes: Mapping[str, torch.Tensor], v_prediction: bool) -> dict[str, list[str]]:
-        from adapt_sd.loading import ldm_module_names
+        from adapt_sd.checkpoint_names import ldm_module_names
         from adapters_core.models.bundled import load_config
 
         return ldm_module_names(shapes, load_config(self.variants[v_prediction].config, "unet"), self.kind.openclip)

@@ -1,9 +1,8 @@
-"""Loading an SD 1.x/2.x model (Diffusers folder or LDM single file), building its components
-without weights, and the LDM key of every adaptable layer (for the streaming merge)."""
+"""Loading an SD 1.x/2.x model (Diffusers folder or LDM single file) and building its
+components without weights (the LDM key of each adaptable layer: :mod:`adapt_sd.checkpoint_names`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,15 +12,12 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from adapt_sd.detection import CONV_IN
-from adapters_core.errors import FormatError, ModelLoadError
+from adapters_core.errors import ModelLoadError
 from adapters_core.models.bundled import TINY_TOKENIZER_DIR, load_config
 from adapters_core.models.components import SDModel
 from adapters_core.models.ldm_layout import (
-    TE_V1_PREFIX,
-    TE_V2_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,
-    UNetLayout,
     text_encoder_from_ldm,
     unet_from_ldm,
     vae_from_ldm,
@@ -35,12 +31,9 @@ from adapters_core.models.loader import (
     scheduler_config_of,
 )
 from adapters_core.models.single_file import read_checkpoint
-from adapters_core.targets import kohya_name, text_encoder_module_path
 
 if TYPE_CHECKING:
     from adapt_sd.family import StableDiffusionFamily
-
-_MANY_LAYERS = 1000  # reading single keys of an OpenCLIP encoder: any layer index is valid
 
 
 def _model(
@@ -140,30 +133,3 @@ def build_components(
         te_config = CLIPTextConfig(**load_config(name, "text_encoder"))
     with torch.device(device):
         return {"text_encoder": CLIPTextModel(te_config), "unet": UNet2DConditionModel.from_config(unet_config)}
-
-
-def ldm_module_names(
-    shapes: Mapping[str, torch.Tensor], unet_config: Mapping[str, object], openclip: bool
-) -> dict[str, list[str]]:
-    """LDM weight key -> the kohya module names it holds, in order along dim 0 (q, k, v for SD2's
-    fused ``in_proj_weight``). Keys of no adaptable layer are absent."""
-    key_map = UNetLayout.from_config(unet_config).key_map()
-    names: dict[str, list[str]] = {}
-    for key, tensor in shapes.items():
-        if key.startswith(UNET_PREFIX):
-            path = key_map.from_ldm(key[len(UNET_PREFIX) :])
-            if path and path.endswith(".weight"):
-                names[key] = [kohya_name("lora_unet", path[: -len(".weight")])]
-        elif key.startswith((TE_V1_PREFIX, TE_V2_PREFIX)):
-            try:
-                paths = text_encoder_from_ldm({key: tensor}, v2=openclip, num_layers=_MANY_LAYERS)
-            except FormatError:
-                continue
-            found = [
-                kohya_name("lora_te", text_encoder_module_path(p[: -len(".weight")]))
-                for p in paths
-                if p.endswith(".weight")
-            ]
-            if found:
-                names[key] = found
-    return names

@@ -174,7 +174,7 @@ class SDXLFamily(ModelFamily):
         return sgm_state_dict(model)
 
     def checkpoint_module_keys(self, shapes: Mapping[str, torch.Tensor], v_prediction: bool) -> dict[str, list[str]]:
-        from adapt_sdxl.loading import sgm_module_names
+        from adapt_sdxl.checkpoint_names import sgm_module_names
 
         return sgm_module_names(self, shapes)
 

@@ -26,7 +26,7 @@ from tool_support import (  # noqa: F401 - fixtures
 )
 
 from adapt_cli.options import expand_multi_value
-from adapt_sd.loading import ldm_module_names
+from adapt_sd.checkpoint_names import ldm_module_names
 from adapters_core.models import build_tiny_model, load_sd_model, to_pipeline
 from adapters_core.models.ldm_layout import TE_V2_PREFIX
 from adapters_core.ops.deltas import read_adapter
