@@ -192,7 +192,7 @@ def main() -> None:
             start = time.perf_counter()
             checkpoint = work / f"{name}.safetensors"
             shapes = write_checkpoint(model, checkpoint)
-            loras = write_loras(work, shapes)
+            loras = write_loras(work, shapes, model)
             cases = {
                 "single": (checkpoint, work / "merged.safetensors", loras[:1]),
                 "two": (checkpoint, work / "merged.safetensors", loras),

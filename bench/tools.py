@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from models import bench_model, lierla_shapes  # noqa: E402
+from models import BenchModel, bench_model, lierla_shapes  # noqa: E402
 
 T = TypeVar("T")
 
@@ -84,13 +84,18 @@ def lora_tensors(shapes: dict[str, torch.Size], seed: int, rank: int = RANK) -> 
     return tensors
 
 
-def write_loras(work: Path, shapes: dict[str, torch.Size], seeds: tuple[int, ...] = (1, 2)) -> list[Path]:
-    """``lora<seed>.safetensors`` files of rank 32 (fp16) on the layers of ``shapes``."""
+def write_loras(
+    work: Path, shapes: dict[str, torch.Size], model: BenchModel, seeds: tuple[int, ...] = (1, 2)
+) -> list[Path]:
+    """``lora<seed>.safetensors`` files of rank 32 (fp16) on the layers of ``shapes``, with the
+    model's ``ss_base_model_version`` as kohya writes it (an SDXL file without it is read as
+    SD 1.x by svd-merge: see docs/benchmarks.md, SDXL)."""
     from adapters_core.formats import save_adapter
 
+    metadata = {"ss_base_model_version": model.family.base_model_version(False)}
     files = [work / f"lora{seed}.safetensors" for seed in seeds]
     for seed, path in zip(seeds, files, strict=True):
-        save_adapter(path, lora_tensors(shapes, seed), dtype=torch.float16)
+        save_adapter(path, lora_tensors(shapes, seed), metadata=metadata, dtype=torch.float16)
     return files
 
 
@@ -218,7 +223,7 @@ def main() -> None:
             work = Path(tmp)
             start = time.perf_counter()
             shapes = lierla_shapes(model)  # on "meta": shapes only
-            files = write_loras(work, shapes)
+            files = write_loras(work, shapes, model)
             print(
                 f"{model.label}: {len(shapes)} LoRA modules, rank {RANK}; built in {time.perf_counter() - start:.1f}s; "
                 f"load average {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads",
