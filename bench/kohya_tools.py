@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from kohya_env import ADAPT, kohya_command, kohya_or_skip, timed  # noqa: E402
-from tools import lierla_shapes, lora_tensors, synthetic_difference, write_checkpoint  # noqa: E402
+from models import bench_model, lierla_shapes, write_checkpoint  # noqa: E402
+from tools import lora_tensors, synthetic_difference  # noqa: E402
 
 RANK = 32
 
@@ -58,15 +59,13 @@ def write_inputs(work: Path) -> dict[str, tuple[str, torch.Size]]:
     """base.safetensors, tuned.safetensors (base + a decaying-spectrum difference on every U-Net
     LierLa layer), lora1/lora2 (rank 32) and lora64 (rank 64) files, unless ``work`` has them
     from an earlier run; returns the LierLa layers."""
-    from adapters_core.models import build_sd15_text_encoder, build_sd15_unet
-
     if all((work / f"{name}.safetensors").is_file() for name in INPUTS):
-        return adapted_layers(work / "base.safetensors", lierla_shapes(build_sd15_unet(), build_sd15_text_encoder()))
+        return adapted_layers(work / "base.safetensors", lierla_shapes(bench_model("sd15")))
     from safetensors.torch import load_file, save_file
 
     from adapters_core.formats import save_adapter
 
-    shapes = write_checkpoint(work / "base.safetensors")
+    shapes = write_checkpoint(bench_model("sd15"), work / "base.safetensors")
     layers = adapted_layers(work / "base.safetensors", shapes)
     assert len(layers) == len(shapes), f"{len(layers)} of {len(shapes)} LierLa layers found in the file"
     tuned = load_file(str(work / "base.safetensors"))

@@ -1,6 +1,6 @@
-"""Benchmark of the adapter tools' methods on SD 1.5-sized layers (random weights).
+"""Benchmark of the adapter tools' methods on a model's LierLa layer shapes (random weights).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/tools.py [--workdir DIR]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/tools.py [--workdir DIR] [--models sd15,sdxl]
 
 Prints, and records in docs/benchmarks.md by hand (merging into a checkpoint: bench/merge.py;
 the tools side by side with kohya's scripts: bench/kohya_tools.py):
@@ -15,11 +15,12 @@ Timings use one torch thread by default (``--threads``): on a shared 2-core mach
 two-thread timings of small linear-algebra calls swing tenfold with the other processes'
 load (OpenMP threads wait for a core), for our method and the reference alike.
 
-The full SVD of every SD 1.5 layer takes many minutes on 2 cores, so the svd-merge and
-extract comparisons run on one layer of each of the 18 distinct layer shapes of the U-Net
-and text encoder, and totals are weighted by how many layers share each shape (264 layers).
-The factor-method svd-merge also runs on the whole adapters (264 modules), for its real
-total, compared with the weighted estimate of the reference on all 264 layers.
+The layers are adapt's LierLa set of the model (bench/models.py; SD 1.5: 264 layers of 18
+distinct shapes, SDXL: 986 layers of 12 shapes). The full SVD of every layer takes many
+minutes on 2 cores, so the svd-merge and extract comparisons run on one layer of each
+distinct shape, and totals are weighted by how many layers share each shape. The
+factor-method svd-merge also runs on the whole adapters, for its real total, compared with
+the weighted estimate of the reference on all layers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,8 +39,10 @@ from pathlib import Path
 from typing import TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from models import BenchModel, bench_model, lierla_shapes  # noqa: E402
 
 T = TypeVar("T")
 
@@ -68,43 +72,6 @@ def peak_rss_bytes() -> int:
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-def lierla_shapes(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, torch.Size]:
-    """kohya module name -> weight shape of the LierLa layers (Linear and 1x1 convs outside
-    the ResNet blocks and resamplers: 192 U-Net and 72 text-encoder layers on SD 1.5)."""
-    from adapters_core.ops.deltas import model_layer_shapes
-    from adapters_core.plugins import get_registry
-
-    family = get_registry().family_for_components(["unet", "text_encoder"])
-    return {
-        name: shape
-        for name, shape in model_layer_shapes(family, {"unet": unet, "text_encoder": text_encoder}).items()
-        if not (len(shape) == 4 and shape[2] != 1) and "resnets" not in name and "samplers" not in name
-    }
-
-
-def write_checkpoint(path: Path) -> dict[str, torch.Size]:
-    """SD 1.5 U-Net, text encoder and VAE, random fp16 weights, LDM layout (2.1 GB); returns the
-    LierLa layer shapes."""
-    from diffusers import AutoencoderKL
-    from safetensors.torch import save_file
-
-    from adapters_core.models import build_sd15_text_encoder, build_sd15_unet
-    from adapters_core.models.bundled import load_config
-    from adapters_core.models.single_file import model_to_ldm
-
-    torch.manual_seed(0)  # the same weights in every run: output digests compare across runs
-    unet = build_sd15_unet("cpu", torch.float16)
-    text_encoder = build_sd15_text_encoder("cpu", torch.float16)
-    shapes = lierla_shapes(unet, text_encoder)
-    components = {
-        "unet": unet.state_dict(),
-        "text_encoder": text_encoder.state_dict(),
-        "vae": AutoencoderKL.from_config(load_config("sd_v1", "vae")).to(torch.float16).state_dict(),
-    }
-    save_file({k: v.contiguous() for k, v in model_to_ldm(components, v2=False).items()}, str(path))
-    return shapes
-
-
 def lora_tensors(shapes: dict[str, torch.Size], seed: int, rank: int = RANK) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
@@ -117,13 +84,18 @@ def lora_tensors(shapes: dict[str, torch.Size], seed: int, rank: int = RANK) -> 
     return tensors
 
 
-def write_loras(work: Path, shapes: dict[str, torch.Size], seeds: tuple[int, ...] = (1, 2)) -> list[Path]:
-    """``lora<seed>.safetensors`` files of rank 32 (fp16) on the layers of ``shapes``."""
+def write_loras(
+    work: Path, shapes: dict[str, torch.Size], model: BenchModel, seeds: tuple[int, ...] = (1, 2)
+) -> list[Path]:
+    """``lora<seed>.safetensors`` files of rank 32 (fp16) on the layers of ``shapes``, with the
+    model's ``ss_base_model_version`` as kohya writes it (an SDXL file without it is read as
+    SD 1.x by svd-merge: see docs/benchmarks.md, SDXL)."""
     from adapters_core.formats import save_adapter
 
+    metadata = {"ss_base_model_version": model.family.base_model_version(False)}
     files = [work / f"lora{seed}.safetensors" for seed in seeds]
     for seed, path in zip(seeds, files, strict=True):
-        save_adapter(path, lora_tensors(shapes, seed), dtype=torch.float16)
+        save_adapter(path, lora_tensors(shapes, seed), metadata=metadata, dtype=torch.float16)
     return files
 
 
@@ -242,24 +214,25 @@ def main() -> None:
         default=1,
         help="torch threads (default 1: on a shared 2-core machine two-thread timings swing tenfold).",
     )
+    parser.add_argument("--models", default="sd15", help="comma list of sd15, sdxl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from adapters_core.models import build_sd15_text_encoder, build_sd15_unet
-
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        work = Path(tmp)
-        start = time.perf_counter()
-        shapes = lierla_shapes(build_sd15_unet(), build_sd15_text_encoder())  # on "meta": shapes only
-        files = write_loras(work, shapes)
-        print(
-            f"inputs: {len(shapes)} LoRA modules, rank {RANK}; built in {time.perf_counter() - start:.1f}s; "
-            f"load average {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads",
-            flush=True,
-        )
-        svd = bench_svd_merge(work, shapes, files)
-        print("svd-merge 2 x rank 32 -> 32:", json.dumps({k: round(v, 5) for k, v in svd.items()}), flush=True)
-        extract = bench_extract(shapes)
-        print("extract dim 32:", json.dumps({k: round(v, 5) for k, v in extract.items()}), flush=True)
+    for name in args.models.split(","):
+        model = bench_model(name)
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            work = Path(tmp)
+            start = time.perf_counter()
+            shapes = lierla_shapes(model)  # on "meta": shapes only
+            files = write_loras(work, shapes, model)
+            print(
+                f"{model.label}: {len(shapes)} LoRA modules, rank {RANK}; built in {time.perf_counter() - start:.1f}s; "
+                f"load average {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads",
+                flush=True,
+            )
+            svd = bench_svd_merge(work, shapes, files)
+            print("svd-merge 2 x rank 32 -> 32:", json.dumps({k: round(v, 5) for k, v in svd.items()}), flush=True)
+            extract = bench_extract(shapes)
+            print("extract dim 32:", json.dumps({k: round(v, 5) for k, v in extract.items()}), flush=True)
 
 
 if __name__ == "__main__":
