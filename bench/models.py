@@ -59,9 +59,9 @@ def build_components(
 ) -> dict[str, nn.Module]:
     """The family's components (text encoders and U-Net) created directly in ``dtype``: random
     weights on a real device, none on ``meta``."""
-    from adapters_core.models.tiny import _creating
+    from adapters_core.models.tiny import creating_modules
 
-    with _creating("cpu", dtype):  # the family places the modules on ``device`` itself
+    with creating_modules("cpu", dtype):  # the family places the modules on ``device`` itself
         return model.family.build_components(device=device)
 
 
@@ -114,13 +114,13 @@ def write_checkpoint(model: BenchModel, path: Path, dtype: torch.dtype = torch.f
     from diffusers import AutoencoderKL
 
     from adapters_core.models.components import SDModel
-    from adapters_core.models.tiny import _creating
+    from adapters_core.models.tiny import creating_modules
     from adapters_core.ops.streaming import SafetensorsWriter
 
     family = model.family
     torch.manual_seed(0)  # the same weights in every run: output digests compare across runs
     components = build_components(model, "cpu", dtype)
-    with _creating("cpu", dtype):
+    with creating_modules("cpu", dtype):
         vae = AutoencoderKL.from_config(model.vae_config())
     sd_model = SDModel(family, components, vae, {}, {}, v_parameterization=False, source=path)
     state = {key: tensor.contiguous() for key, tensor in family.checkpoint_state_dict(sd_model).items()}

@@ -61,7 +61,7 @@ def write_tiny_model(
 
 
 @contextmanager
-def _creating(device: Device, dtype: torch.dtype) -> Iterator[None]:
+def creating_modules(device: Device, dtype: torch.dtype) -> Iterator[None]:
     """Create modules directly on ``device`` in ``dtype`` (no float32 copy, no cast warnings)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -73,12 +73,12 @@ def _creating(device: Device, dtype: torch.dtype) -> Iterator[None]:
 
 
 def _build_unet(name: ConfigName, device: Device, dtype: torch.dtype) -> UNet2DConditionModel:
-    with _creating(device, dtype):
+    with creating_modules(device, dtype):
         return UNet2DConditionModel.from_config(load_config(name, "unet"))
 
 
 def _build_text_encoder(name: ConfigName, device: Device, dtype: torch.dtype) -> CLIPTextModel:
-    with _creating(device, dtype):
+    with creating_modules(device, dtype):
         return CLIPTextModel(CLIPTextConfig(**load_config(name, "text_encoder")))
 
 
