@@ -163,3 +163,15 @@ def test_non_finite_folder_merge_writes_nothing(tiny: TinyFiles, tmp_path: Path)
         merge_into_model(tiny.folder, [huge], [1.0], save_to=out, save_precision="fp16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.safetensors"]
     assert merge_into_model(tiny.folder, [huge], [1.0], save_to=out).is_dir()  # float32 holds it
+
+
+def test_an_existing_folder_is_replaced_only_with_overwrite(tiny: TinyFiles, tmp_path: Path, adapt) -> None:
+    path = write_file(tmp_path / "a.safetensors", random_lora(tiny.model, dim=4, seed=8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("keep")
+    base = ("merge", "--sd_model", tiny.folder, "--models", path, "--save_to", out)
+    code, _, err = adapt(*base)
+    assert code == 2 and "--overwrite" in err and (out / "keep.txt").read_text() == "keep"
+    assert adapt(*base, "--overwrite")[0] == 0
+    assert not (out / "keep.txt").exists() and (out / UNET_WEIGHTS).is_file()
