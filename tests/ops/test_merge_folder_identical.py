@@ -20,6 +20,7 @@ from tool_support import TinyFiles, adapt, random_lora, tiny, write_file  # noqa
 from adapt_sdxl.tiny import write_tiny_sdxl_model
 from adapters_core.errors import NonFiniteError
 from adapters_core.models import load_sd_model
+from adapters_core.ops import merge_model
 from adapters_core.ops.merge_model import merge_into_model
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -175,3 +176,27 @@ def test_an_existing_folder_is_replaced_only_with_overwrite(tiny: TinyFiles, tmp
     assert code == 2 and "--overwrite" in err and (out / "keep.txt").read_text() == "keep"
     assert adapt(*base, "--overwrite")[0] == 0
     assert not (out / "keep.txt").exists() and (out / UNET_WEIGHTS).is_file()
+
+
+def test_text_model_spelling_of_older_transformers_is_streamed_and_kept(
+    tiny: TinyFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders saved by transformers 4 spell the text encoder ``text_model.…`` and carry the
+    ``position_ids`` buffer; loading maps both away and saving writes the prefix back."""
+    path = write_file(tmp_path / "a.safetensors", random_lora(tiny.model, dim=4, seed=9))
+    older = tmp_path / "older"
+    shutil.copytree(tiny.folder, older)
+    weights = older / "text_encoder/model.safetensors"
+    tensors = {f"text_model.{k}": v for k, v in load_file(weights).items()}
+    tensors["text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    reference = merge_into_model(pickled_unet_copy(older, tmp_path), [path], [1.0], save_to=tmp_path / "loaded")
+
+    def not_streamed(*args: object) -> None:
+        raise AssertionError("the folder was loaded, not streamed")
+
+    monkeypatch.setattr(merge_model, "_merge_loaded", not_streamed)
+    streamed = merge_into_model(older, [path], [1.0], save_to=tmp_path / "streamed")
+    assert_identical(streamed, reference)
+    with safe_open(str(streamed / "text_encoder/model.safetensors"), "pt") as handle:
+        assert all(k.startswith("text_model.") for k in handle.keys()) and len(handle.keys()) == len(tensors) - 1
