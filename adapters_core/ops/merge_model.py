@@ -1,111 +1,43 @@
 """``adapt merge --sd_model``: fold adapters into a checkpoint (kohya-format.md §6).
 
 Every adapted weight becomes ``merge_weights(W, module, ratio)`` of each adapter in turn
-(``W + ratio * delta`` for additive types), in ``precision``, then ``save_precision``.
+(``W + ratio * delta`` for additive types), in ``precision``, then ``save_precision``
+(one rule: :mod:`adapters_core.ops.merge_tensors`).
 
-A single-file checkpoint written as a single file is streamed tensor by tensor: each LDM
-key is mapped to the kohya module(s) it holds (SD2's fused ``in_proj`` holds q, k and v),
-merged and written, so memory holds about one tensor, not the model. Diffusers folders,
-and conversions between the layouts, load the model once and merge in place.
+A single file written as a single file, and a Diffusers folder written as a folder
+(:mod:`adapters_core.ops.merge_folder`), are streamed tensor by tensor: each key is mapped
+to the kohya module(s) it holds (SD2's fused ``in_proj`` holds q, k and v), merged and
+written, so memory holds about one tensor, not the model. Conversions between the layouts,
+and folders with pickled weights, load the model once and merge in place.
 Every module is checked against its layer's shape (a dry run on the "meta" device) before
 anything is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from adapters_core.atomic import atomic_path, check_writable
 from adapters_core.choices import CHECKPOINT_OUTPUT_SUFFIXES
-from adapters_core.errors import FormatError, ModelLoadError, NonFiniteError, ShapeMismatchError
+from adapters_core.errors import ModelLoadError
 from adapters_core.formats import precision_dtype
-from adapters_core.matching import UnmatchedKeysError, loadable_targets
+from adapters_core.matching import loadable_targets
 from adapters_core.metadata import modelspec_metadata
 from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progress_bar, read_adapters, resolve_ratios
+from adapters_core.ops.merge_folder import merge_folder_streaming
+from adapters_core.ops.merge_tensors import (
+    check_coverage,
+    merge_module,
+    merge_tensor,
+    require_finite,
+    saved_specs,
+    writer_threads,
+)
 from adapters_core.ops.streaming import SafetensorsWriter, open_checkpoint, reused_heap
-from adapters_core.plugins import get_registry
-
-_MANY_LAYERS = 1 << 20  # keep every text-encoder layer of the file when mapping names
-
-
-def merge_module(
-    adapter: Adapter, name: str, weight: torch.Tensor, ratio: float, *, check_finite: bool = True
-) -> torch.Tensor:
-    """One module merged into ``weight`` through the type's ``merge_weights`` hook (at ``ratio`` times
-    the module's block multiplier).
-
-    ``check_finite=False`` leaves the NaN/inf check to the caller (see :func:`require_finite`),
-    who checks the tensor it saves once, after every adapter and the cast to the save dtype.
-    """
-    try:
-        merged = get_registry().merge_weights(adapter.network, adapter.modules[name], weight, adapter.ratio(ratio, name))
-    except KeyError as missing:
-        raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
-    if check_finite:
-        require_finite(merged, f"{adapter.path}: {name}")
-    return merged
-
-
-def require_finite(tensor: torch.Tensor, what: str) -> None:
-    """Refuse NaN/inf (they reach the sum: one pass, no mask), naming the dtype they appear in."""
-    if not torch.isfinite(tensor.sum(dtype=torch.float32)):
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        raise NonFiniteError(f"{what}: merging gives non-finite weights in {dtype}; nothing was written")
-
-
-def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> None:
-    """Refuse a module that does not fit its layer, computing nothing (tensors on "meta").
-
-    A type whose hook cannot run on "meta" is checked once for real before it is blamed.
-    """
-    merge = get_registry().merge_weights
-    tensors = adapter.modules[name]
-    on_meta = {k: v if v.dim() == 0 else v.to("meta") for k, v in tensors.items()}
-    try:
-        merge(adapter.network, on_meta, torch.empty(shape, device="meta"), 1.0)
-        return
-    except Exception:  # noqa: BLE001 - any failure is confirmed below with real tensors
-        pass
-    try:
-        merge(adapter.network, tensors, torch.zeros(shape), 1.0)
-    except KeyError as missing:
-        raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
-    except (RuntimeError, ValueError, ShapeMismatchError) as error:
-        detail = " ".join(str(error).split())[:160]
-        raise ShapeMismatchError(
-            f"{adapter.path}: {name} does not fit the layer of shape {tuple(shape)} in {source} "
-            f"(an adapter for another base model?): {detail}"
-        ) from None
-
-
-def check_coverage(
-    adapters: Sequence[Adapter], layers: Mapping[str, torch.Size], source: Path, allow_unmatched: bool = False
-) -> None:
-    """Every module must name a layer of the model; with ``allow_unmatched`` the others are
-    listed in a warning and skipped."""
-    for adapter in adapters:
-        missing = [name for name in adapter.modules if name not in layers]
-        if len(missing) == len(adapter.modules):
-            raise ShapeMismatchError(
-                f"{adapter.path}: none of its {len(missing)} modules names a layer of {source}; "
-                "is it an adapter for another kind of model?"
-            )
-        if missing and not allow_unmatched:
-            raise UnmatchedKeysError(
-                f"{adapter.path}: {len(missing)} modules name no layer of {source} (e.g. {missing[0]}); "
-                "`adapt check` lists them, --allow_unmatched merges the rest"
-            )
-        if missing:
-            log.warning("%s: %d modules name no layer of %s and are skipped: %s",
-                        adapter.path, len(missing), source, ", ".join(missing))
-        for name in adapter.modules:
-            if name in layers:
-                check_fits(adapter, name, layers[name], source)
 
 
 def merge_into_model(
@@ -143,30 +75,21 @@ def merge_into_model(
                 source, target, adapters, ratios, merge_dtype, save_dtype, family, bool(v_parameterization), titles,
                 overwrite, allow_unmatched,
             )
+        if source.is_dir() and target.suffix.lower() not in CHECKPOINT_OUTPUT_SUFFIXES:
+            from adapters_core.models.loader import check_family, detect_family  # diffusers: not at import time
+
+            found = detect_family(source)
+            check_family(source, family, found)
+            streamed = merge_folder_streaming(
+                source, target, found, adapters, ratios, merge_dtype, save_dtype, v_parameterization, overwrite,
+                allow_unmatched,
+            )
+            if streamed is not None:
+                return streamed
         return _merge_loaded(
             source, target, adapters, ratios, merge_dtype, save_dtype, family, v_parameterization, titles, overwrite,
             allow_unmatched,
         )
-
-
-@contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
-    """Compute with ``count`` threads (at least 1): the writer thread gets a core of its own."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, count))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _cast(tensor: torch.Tensor, merge_dtype: torch.dtype, save_dtype: torch.dtype) -> torch.Tensor:
-    """An unmerged tensor in the save dtype, rounded through the merge dtype when that is narrower."""
-    if not tensor.is_floating_point():
-        return tensor
-    if merge_dtype != torch.float32 and tensor.dtype != merge_dtype:
-        tensor = tensor.to(merge_dtype)
-    return tensor.to(save_dtype)
 
 
 def _merge_streaming(
@@ -190,7 +113,6 @@ def _merge_streaming(
         found = family_of_checkpoint(shapes, source)
         check_family(source, family, found)
         names = found.checkpoint_module_keys(shapes, v_parameterization)
-        wanted = {name for adapter in adapters for name in adapter.modules}
         layers: dict[str, torch.Size] = {}
         for key, held in names.items():
             shape = reader.shape(key)
@@ -202,27 +124,12 @@ def _merge_streaming(
         )
 
         def merged(key: str) -> torch.Tensor:
-            held = names.get(key, [])
-            if not any(name in wanted for name in held):
-                return _cast(reader[key], merge_dtype, save_dtype)
-            parts = list(reader[key].to(merge_dtype).chunk(len(held), dim=0))
-            for i, name in enumerate(held):
-                for adapter, ratio in zip(adapters, ratios, strict=True):
-                    if name in adapter.modules:
-                        parts[i] = merge_module(adapter, name, parts[i], ratio, check_finite=False)
-            result = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
-            # checked as saved: fewer bytes than the merge dtype, and an overflow of the cast is caught
-            require_finite(result, f"{', '.join(str(a.path) for a in adapters)}: {key}")
-            return result
+            return merge_tensor(key, reader[key], names.get(key, []), adapters, ratios, merge_dtype, save_dtype)
 
         keys = list(reader)
-        with atomic_path(target, overwrite) as tmp, _threads(torch.get_num_threads() - 1):
+        with atomic_path(target, overwrite) as tmp, writer_threads():
             if target.suffix.lower() == ".safetensors":
-                specs = [
-                    (k, save_dtype if reader.dtype(k).is_floating_point else reader.dtype(k), reader.shape(k))
-                    for k in keys
-                ]
-                with SafetensorsWriter(tmp, specs, metadata, after_write=reader.release) as writer:
+                with SafetensorsWriter(tmp, saved_specs(reader, keys, save_dtype), metadata, after_write=reader.release) as writer:
                     for key in progress(keys, "merging", unit="tensor"):
                         writer.write(key, merged(key))
             else:

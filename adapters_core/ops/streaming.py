@@ -151,6 +151,37 @@ class SafetensorsReader(CheckpointReader):
                 pass
 
 
+class ShardedReader(CheckpointReader):
+    """The shards of one sharded safetensors checkpoint (an ``*.index.json`` beside them) as one reader."""
+
+    def __init__(self, shards: Sequence[SafetensorsReader]) -> None:
+        self._shards = list(shards)
+        self._owner = {key: shard for shard in self._shards for key in shard}
+        self.metadata = {}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._owner[key][key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._owner)
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def shape(self, key: str) -> torch.Size:
+        return self._owner[key].shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._owner[key].dtype(key)
+
+    def release(self, key: str) -> None:
+        self._owner[key].release(key)
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+
 class TensorDictReader(CheckpointReader):
     """A pickled checkpoint (memory-mapped when possible) behind the reader interface."""
 

@@ -1,0 +1,148 @@
+"""The per-tensor rule of ``adapt merge --sd_model``, shared by every checkpoint layout.
+
+A checkpoint tensor that holds adapted layers becomes ``merge_weights(W, module, ratio)`` of
+each adapter in turn, in the merge dtype, then the save dtype, and is refused if that holds
+NaN/inf; any other tensor is only cast. The single-file stream, the Diffusers-folder stream
+and the in-memory merge all go through these functions, so they write the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from adapters_core.errors import FormatError, NonFiniteError, ShapeMismatchError
+from adapters_core.matching import UnmatchedKeysError
+from adapters_core.ops.deltas import Adapter, log
+from adapters_core.ops.streaming import CheckpointReader, TensorSpec
+from adapters_core.plugins import get_registry
+
+
+def merge_module(
+    adapter: Adapter, name: str, weight: torch.Tensor, ratio: float, *, check_finite: bool = True
+) -> torch.Tensor:
+    """One module merged into ``weight`` through the type's ``merge_weights`` hook (at ``ratio`` times
+    the module's block multiplier).
+
+    ``check_finite=False`` leaves the NaN/inf check to the caller (see :func:`require_finite`),
+    who checks the tensor it saves once, after every adapter and the cast to the save dtype.
+    """
+    try:
+        merged = get_registry().merge_weights(adapter.network, adapter.modules[name], weight, adapter.ratio(ratio, name))
+    except KeyError as missing:
+        raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
+    if check_finite:
+        require_finite(merged, f"{adapter.path}: {name}")
+    return merged
+
+
+def require_finite(tensor: torch.Tensor, what: str) -> None:
+    """Refuse NaN/inf (they reach the sum: one pass, no mask), naming the dtype they appear in."""
+    if not torch.isfinite(tensor.sum(dtype=torch.float32)):
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        raise NonFiniteError(f"{what}: merging gives non-finite weights in {dtype}; nothing was written")
+
+
+def cast_unmerged(tensor: torch.Tensor, merge_dtype: torch.dtype, save_dtype: torch.dtype) -> torch.Tensor:
+    """An unmerged tensor in the save dtype, rounded through the merge dtype when that is narrower."""
+    if not tensor.is_floating_point():
+        return tensor
+    if merge_dtype != torch.float32 and tensor.dtype != merge_dtype:
+        tensor = tensor.to(merge_dtype)
+    return tensor.to(save_dtype)
+
+
+def merge_tensor(
+    key: str,
+    tensor: torch.Tensor,
+    names: Sequence[str],
+    adapters: Sequence[Adapter],
+    ratios: Sequence[float],
+    merge_dtype: torch.dtype,
+    save_dtype: torch.dtype,
+) -> torch.Tensor:
+    """The saved form of checkpoint tensor ``key``, which holds the layers ``names`` (kohya module
+    names, several along dim 0 for a fused q/k/v projection; none for a tensor of no layer)."""
+    if not any(name in adapter.modules for adapter in adapters for name in names):
+        return cast_unmerged(tensor, merge_dtype, save_dtype)
+    parts = list(tensor.to(merge_dtype).chunk(len(names), dim=0))
+    for i, name in enumerate(names):
+        for adapter, ratio in zip(adapters, ratios, strict=True):
+            if name in adapter.modules:
+                parts[i] = merge_module(adapter, name, parts[i], ratio, check_finite=False)
+    result = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
+    # checked as saved: fewer bytes than the merge dtype, and an overflow of the cast is caught
+    require_finite(result, f"{', '.join(str(a.path) for a in adapters)}: {key}")
+    return result
+
+
+def saved_specs(reader: CheckpointReader, keys: Iterable[str], save_dtype: torch.dtype) -> list[TensorSpec]:
+    """Name, dtype and shape of each tensor as :func:`merge_tensor`/:func:`cast_unmerged` give it."""
+    return [
+        (key, save_dtype if reader.dtype(key).is_floating_point else reader.dtype(key), reader.shape(key))
+        for key in keys
+    ]
+
+
+def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> None:
+    """Refuse a module that does not fit its layer, computing nothing (tensors on "meta").
+
+    A type whose hook cannot run on "meta" is checked once for real before it is blamed.
+    """
+    merge = get_registry().merge_weights
+    tensors = adapter.modules[name]
+    on_meta = {k: v if v.dim() == 0 else v.to("meta") for k, v in tensors.items()}
+    try:
+        merge(adapter.network, on_meta, torch.empty(shape, device="meta"), 1.0)
+        return
+    except Exception:  # noqa: BLE001 - any failure is confirmed below with real tensors
+        pass
+    try:
+        merge(adapter.network, tensors, torch.zeros(shape), 1.0)
+    except KeyError as missing:
+        raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
+    except (RuntimeError, ValueError, ShapeMismatchError) as error:
+        detail = " ".join(str(error).split())[:160]
+        raise ShapeMismatchError(
+            f"{adapter.path}: {name} does not fit the layer of shape {tuple(shape)} in {source} "
+            f"(an adapter for another base model?): {detail}"
+        ) from None
+
+
+def check_coverage(
+    adapters: Sequence[Adapter], layers: Mapping[str, torch.Size], source: Path, allow_unmatched: bool = False
+) -> None:
+    """Every module must name a layer of the model; with ``allow_unmatched`` the others are
+    listed in a warning and skipped."""
+    for adapter in adapters:
+        missing = [name for name in adapter.modules if name not in layers]
+        if len(missing) == len(adapter.modules):
+            raise ShapeMismatchError(
+                f"{adapter.path}: none of its {len(missing)} modules names a layer of {source}; "
+                "is it an adapter for another kind of model?"
+            )
+        if missing and not allow_unmatched:
+            raise UnmatchedKeysError(
+                f"{adapter.path}: {len(missing)} modules name no layer of {source} (e.g. {missing[0]}); "
+                "`adapt check` lists them, --allow_unmatched merges the rest"
+            )
+        if missing:
+            log.warning("%s: %d modules name no layer of %s and are skipped: %s",
+                        adapter.path, len(missing), source, ", ".join(missing))
+        for name in adapter.modules:
+            if name in layers:
+                check_fits(adapter, name, layers[name], source)
+
+
+@contextlib.contextmanager
+def writer_threads() -> Iterator[None]:
+    """Compute with one torch thread fewer (at least 1): the writer thread gets a core of its own."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, previous - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
