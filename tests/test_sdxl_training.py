@@ -1,5 +1,5 @@
 """kohya's SDXL training flags on the tiny SDXL model: one learning rate per text encoder, the
-VAE's float32 under fp16, text-encoder output caching with the pooled embedding, metadata."""
+VAE's float32 under fp16, text-encoder output caching with the pooled embedding, metadata, --full_bf16."""
 
 from __future__ import annotations
 
@@ -114,3 +114,19 @@ def test_cached_text_encoder_outputs_on_disk_hold_the_pooled_embedding(tiny, tmp
     assert set(a.tensors) == set(b.tensors) and all(k.startswith("lora_unet_") for k in a.tensors)
     for key, value in a.tensors.items():  # batch size 1: cached training is uncached training
         assert torch.equal(value, b.tensors[key]), key
+
+
+def test_full_bf16_trains_an_sdxl_lora_in_bfloat16(tiny, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = train_argv(tiny.folder, tiny.data, out, "--mixed_precision", "bf16", "--full_bf16", "--save_state")
+    assert main(argv) == 0, capsys.readouterr().err
+    trained = load_adapter(out / "last-state" / "model.safetensors")  # the weights as they trained
+    assert {t.dtype for t in trained.tensors.values()} == {torch.bfloat16}
+    adapter = load_adapter(out / "last.safetensors")
+    assert {t.dtype for t in adapter.tensors.values()} == {torch.float32}  # --save_precision's default
+    for key, value in adapter.tensors.items():
+        assert torch.equal(value, trained.tensors[key].float()), key
+    for prefix in ("lora_te1_", "lora_te2_", "lora_unet_"):
+        assert any(v.abs().sum() > 0 for k, v in adapter.tensors.items() if k.startswith(prefix)
+                   and k.endswith("lora_up.weight")), prefix
+    assert adapter.metadata["ss_full_bf16"] == "True" and adapter.metadata["ss_mixed_precision"] == "bf16"

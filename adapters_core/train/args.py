@@ -127,9 +127,21 @@ class TrainArgs:
     # -- precision and speed -----------------------------------------------------------
     mixed_precision: str = opt(
         "no",
-        "Base-model precision: no, fp16 (GPU only), bf16. Adapter weights stay float32.",
+        "Base-model precision: no, fp16 (GPU only), bf16. Adapter weights stay float32 unless --full_bf16/--full_fp16.",
         type=str,
         choices=PRECISIONS,
+    )
+    full_bf16: bool = opt(
+        False,
+        "Train the adapter's own weights, gradients and optimizer state in bfloat16 too (half their memory); "
+        "needs --mixed_precision bf16.",
+        kind="flag",
+    )
+    full_fp16: bool = opt(
+        False,
+        "Train the adapter's own weights, gradients and optimizer state in float16 too (experimental, as in kohya); "
+        "needs --mixed_precision fp16 (CUDA).",
+        kind="flag",
     )
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.", kind="flag")
     xformers: bool = opt(False, "Use xformers attention (PyTorch SDPA when xformers is not installed).", kind="flag")
@@ -323,6 +335,7 @@ class TrainArgs:
                 "--cache_text_encoder_outputs: needs --network_train_unet_only (a text encoder whose outputs are "
                 "cached cannot train)"
             )
+        self.check_full_precision()
         if self.dim_from_weights and not self.network_weights:
             raise ConfigError("--dim_from_weights: needs --network_weights")
         for name in RANGES:
@@ -354,6 +367,21 @@ class TrainArgs:
             raise ConfigError("--masked_loss: needs --alpha_mask (conditioning_data_dir masks are not supported)")
         if len(self.base_weights_multiplier) > len(self.base_weights):
             raise ConfigError("--base_weights_multiplier: more values than --base_weights files")
+
+    def check_full_precision(self) -> None:
+        """--full_bf16 needs --mixed_precision bf16, --full_fp16 needs fp16 (kohya's rule); not both."""
+        if self.full_bf16 and self.full_fp16:
+            raise ConfigError("--full_bf16 and --full_fp16: give at most one")
+        for flag, precision in (("full_bf16", "bf16"), ("full_fp16", "fp16")):
+            if getattr(self, flag) and self.mixed_precision != precision:
+                raise ConfigError(
+                    f"--{flag}: needs --mixed_precision {precision} (got --mixed_precision {self.mixed_precision})"
+                )
+
+    @property
+    def full_precision(self) -> bool:
+        """--full_bf16 or --full_fp16: the adapter trains in the --mixed_precision dtype, not float32."""
+        return self.full_bf16 or self.full_fp16
 
 
 AT_LEAST_1 = Range(1)
@@ -447,7 +475,6 @@ UNSUPPORTED: dict[str, str] = {
         ],
         "DeepSpeed is not supported; use accelerate launch with DDP",
     ),
-    **dict.fromkeys(["full_fp16", "full_bf16"], "adapter weights always stay float32; use --mixed_precision"),
     **dict.fromkeys(["fp8_base", "fp8_base_unet"], "fp8 base weights are not supported"),
     **dict.fromkeys(["torch_compile", "dynamo_backend"], "torch.compile is not supported"),
     **dict.fromkeys(
