@@ -138,3 +138,18 @@ def test_float16_gradients_unscale_and_adamw_steps_without_nan() -> None:
     plain.grad = torch.zeros(3, dtype=torch.float16)
     unfused.step()
     assert torch.isnan(plain.detach()).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="--full_fp16 needs a CUDA GPU (fp16's gradient scaler)")
+def test_full_fp16_trains_on_a_cuda_gpu(workspace: Workspace, tmp_path: Path) -> None:
+    argv = base_args(workspace, tmp_path, "--mixed_precision", "fp16", "--full_fp16", "--no_report_images", steps=8)
+    trainer = Trainer(train_args(argv), show_progress=False)
+    result = trainer.run()
+    assert dtypes_in_training(trainer) == ({torch.float16}, {torch.float16})
+    assert trainer.accelerator.scaler is not None and trainer.optimizer.optimizer.defaults["fused"]
+    assert result.average_loss is not None and torch.isfinite(torch.tensor(result.average_loss))
+    adapter = load_adapter(result.output)
+    assert {t.dtype for t in adapter.tensors.values()} == {torch.float32}
+    assert all(torch.isfinite(t).all() for t in adapter.tensors.values())
+    assert all(up.abs().sum() > 0 for up in lora_ups(result.output).values())  # some steps were not skipped
+    assert adapter.metadata["ss_full_fp16"] == "True"
