@@ -1,5 +1,5 @@
 """kohya's SDXL training flags on the tiny SDXL model: one learning rate per text encoder, the
-VAE's float32 under fp16, text-encoder output caching with the pooled embedding, metadata."""
+VAE's float32 under fp16, text-encoder output caching with the pooled embedding, metadata, --full_bf16."""
 
 from __future__ import annotations
 
@@ -148,3 +148,19 @@ def test_buckets_samples_and_resume_on_sdxl(tiny, tmp_path: Path, capsys) -> Non
         torch.testing.assert_close(again.tensors[key], value, atol=1e-6, rtol=0, msg=key)
     assert json.loads(whole.metadata["ss_bucket_info"])["buckets"]  # the bucketing took more than one size
     assert whole.metadata["ss_steps"] == again.metadata["ss_steps"] == "4"
+
+
+def test_full_bf16_trains_an_sdxl_lora_in_bfloat16(tiny, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = train_argv(tiny.folder, tiny.data, out, "--mixed_precision", "bf16", "--full_bf16", "--save_state")
+    assert main(argv) == 0, capsys.readouterr().err
+    trained = load_adapter(out / "last-state" / "model.safetensors")  # the weights as they trained
+    assert {t.dtype for t in trained.tensors.values()} == {torch.bfloat16}
+    adapter = load_adapter(out / "last.safetensors")
+    assert {t.dtype for t in adapter.tensors.values()} == {torch.float32}  # --save_precision's default
+    for key, value in adapter.tensors.items():
+        assert torch.equal(value, trained.tensors[key].float()), key
+    for prefix in ("lora_te1_", "lora_te2_", "lora_unet_"):
+        assert any(v.abs().sum() > 0 for k, v in adapter.tensors.items() if k.startswith(prefix)
+                   and k.endswith("lora_up.weight")), prefix
+    assert adapter.metadata["ss_full_bf16"] == "True" and adapter.metadata["ss_mixed_precision"] == "bf16"

@@ -23,14 +23,13 @@ from click.core import ParameterSource
 from adapt_cli.options import expand_multi_value, kohya_option
 from adapters_core.errors import ConfigError
 from adapters_core.train.args import (
-    IGNORED_FLAGS,
     RANGES,
-    UNSUPPORTED,
     TrainArgs,
     field_defaults,
     field_specs,
 )
 from adapters_core.train.config_file import COMMAND_LINE, coerce, load_config_file, write_config_file
+from adapters_core.train.unsupported_flags import IGNORED_FLAGS, UNSUPPORTED
 
 F = Callable[..., Any]
 

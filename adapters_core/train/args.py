@@ -6,9 +6,8 @@ against the field names, and the metadata records the values. Each field's ``met
 its help text and how to parse it (``kind``: ``flag``, ``list`` for kohya's ``nargs="*"``,
 ``int_or_float`` for step counts that may be a ratio).
 
-A few kohya flags are recognised but not implemented; :data:`UNSUPPORTED` names them with the
-reason, so a migrated command line fails with a clear message instead of "no such option", and
-:data:`IGNORED_FLAGS` lists on/off flags that change nothing here (accepted with a warning).
+kohya flags that are recognised but not implemented are listed in
+:mod:`adapters_core.train.unsupported_flags`.
 """
 
 from __future__ import annotations
@@ -127,9 +126,21 @@ class TrainArgs:
     # -- precision and speed -----------------------------------------------------------
     mixed_precision: str = opt(
         "no",
-        "Base-model precision: no, fp16 (GPU only), bf16. Adapter weights stay float32.",
+        "Base-model precision: no, fp16 (GPU only), bf16. Adapter weights stay float32 unless --full_bf16/--full_fp16.",
         type=str,
         choices=PRECISIONS,
+    )
+    full_bf16: bool = opt(
+        False,
+        "Train the adapter's own weights, gradients and optimizer state in bfloat16 too (half their memory); "
+        "needs --mixed_precision bf16.",
+        kind="flag",
+    )
+    full_fp16: bool = opt(
+        False,
+        "Train the adapter's own weights, gradients and optimizer state in float16 too (experimental, as in kohya); "
+        "needs --mixed_precision fp16 (CUDA).",
+        kind="flag",
     )
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.", kind="flag")
     xformers: bool = opt(False, "Use xformers attention (PyTorch SDPA when xformers is not installed).", kind="flag")
@@ -323,6 +334,7 @@ class TrainArgs:
                 "--cache_text_encoder_outputs: needs --network_train_unet_only (a text encoder whose outputs are "
                 "cached cannot train)"
             )
+        self.check_full_precision()
         if self.dim_from_weights and not self.network_weights:
             raise ConfigError("--dim_from_weights: needs --network_weights")
         for name in RANGES:
@@ -354,6 +366,21 @@ class TrainArgs:
             raise ConfigError("--masked_loss: needs --alpha_mask (conditioning_data_dir masks are not supported)")
         if len(self.base_weights_multiplier) > len(self.base_weights):
             raise ConfigError("--base_weights_multiplier: more values than --base_weights files")
+
+    def check_full_precision(self) -> None:
+        """--full_bf16 needs --mixed_precision bf16, --full_fp16 needs fp16 (kohya's rule); not both."""
+        if self.full_bf16 and self.full_fp16:
+            raise ConfigError("--full_bf16 and --full_fp16: give at most one")
+        for flag, precision in (("full_bf16", "bf16"), ("full_fp16", "fp16")):
+            if getattr(self, flag) and self.mixed_precision != precision:
+                raise ConfigError(
+                    f"--{flag}: needs --mixed_precision {precision} (got --mixed_precision {self.mixed_precision})"
+                )
+
+    @property
+    def full_precision(self) -> bool:
+        """--full_bf16 or --full_fp16: the adapter trains in the --mixed_precision dtype, not float32."""
+        return self.full_bf16 or self.full_fp16
 
 
 AT_LEAST_1 = Range(1)
@@ -416,74 +443,3 @@ def field_defaults() -> dict[str, Any]:
 def field_specs() -> dict[str, dict[str, Any]]:
     """name -> field metadata (help, type, kind, choices) of every TrainArgs field."""
     return {f.name: dict(f.metadata) for f in fields(TrainArgs)}
-
-
-# kohya flags adapt recognises but does not implement: flag -> why (shown to the user).
-UNSUPPORTED: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "huggingface_repo_id",
-            "huggingface_repo_type",
-            "huggingface_path_in_repo",
-            "huggingface_token",
-            "huggingface_repo_visibility",
-            "save_state_to_huggingface",
-            "resume_from_huggingface",
-            "async_upload",
-        ],
-        "adapt never uploads or downloads; copy the files yourself",
-    ),
-    **dict.fromkeys(
-        [
-            "deepspeed",
-            "zero_stage",
-            "offload_optimizer_device",
-            "offload_optimizer_nvme_path",
-            "offload_param_device",
-            "offload_param_nvme_path",
-            "zero3_init_flag",
-            "zero3_save_16bit_model",
-            "fp16_master_weights_and_gradients",
-        ],
-        "DeepSpeed is not supported; use accelerate launch with DDP",
-    ),
-    **dict.fromkeys(["full_fp16", "full_bf16"], "adapter weights always stay float32; use --mixed_precision"),
-    **dict.fromkeys(["fp8_base", "fp8_base_unet"], "fp8 base weights are not supported"),
-    **dict.fromkeys(["torch_compile", "dynamo_backend"], "torch.compile is not supported"),
-    **dict.fromkeys(
-        ["ddp_timeout", "ddp_gradient_as_bucket_view", "ddp_static_graph"], "DDP options are not supported"
-    ),
-    **dict.fromkeys(["wandb_run_name", "wandb_api_key"], "wandb is not supported; use --log_with tensorboard"),
-    **dict.fromkeys(
-        [
-            "validation_split",
-            "validation_seed",
-            "validate_every_n_steps",
-            "validate_every_n_epochs",
-            "max_validation_steps",
-        ],
-        "validation splits are not supported yet",
-    ),
-    **dict.fromkeys(["initial_epoch", "initial_step", "skip_until_initial_step"], "use --resume with a saved state"),
-    "vae": "a separate VAE file is not supported; the base model's VAE is used",
-    "weighted_captions": "weighted captions are not supported",
-    "conditioning_data_dir": "conditioning-image masks are not supported; use alpha_mask",
-    "debug_dataset": "dataset debugging is not supported",
-    "dataset_class": "custom dataset classes are not supported",
-    "resize_interpolation": "the dataset always uses Lanczos/area resizing",
-    "scale_weight_norms": "max-norm regularization is not supported yet",
-    "fused_backward_pass": "fused backward passes are not supported",
-    "cpu_offload_checkpointing": "CPU offload of checkpoints is not supported",
-    "tokenizer_cache_dir": "models load offline; pass --tokenizer",
-    "text_encoder_batch_size": "text-encoder outputs are cached in batches of the dataset's batch size",
-    "blocks_to_swap": "block swapping is not supported",
-}
-
-# kohya on/off flags that change nothing in adapt: accepted with a warning.
-IGNORED_FLAGS: dict[str, str] = {
-    "lowram": "models are loaded to the CPU first anyway",
-    "highvram": "adapt does not offload",
-    "disable_mmap_load_safetensors": "not needed",
-    "log_config": "the config is not sent to trackers",
-    "use_safetensors": "adapters are saved as --save_model_as says",
-}

@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def network_dtype(args: TrainArgs) -> torch.dtype:
+    """The dtype of the trained adapter's weights, hence of its gradients and optimizer state:
+    float32, or the --mixed_precision dtype under --full_bf16/--full_fp16 (as kohya)."""
+    return WEIGHT_DTYPES[args.mixed_precision] if args.full_precision else torch.float32
+
+
 def resolve_network_type(network: str | None, network_module: str | None) -> NetworkType:
     """``--network`` (our name) and/or ``--network_module`` (kohya's); lora by default.
 
@@ -135,7 +141,7 @@ def network_options(args: TrainArgs, network_type: NetworkType) -> tuple[dict[st
 
 def create_network(args: TrainArgs, model: SDModel, network_type: NetworkType, options: dict[str, Any]) -> Network:
     """The trained network on the U-Net and/or text encoders (per --network_train_*_only),
-    from scratch or shaped by --network_weights (--dim_from_weights); applied and in fp32."""
+    from scratch or shaped by --network_weights (--dim_from_weights); applied, in :func:`network_dtype`."""
     trained = {
         part.name: model.components[part.name]
         for part in model.family.components
@@ -159,7 +165,7 @@ def create_network(args: TrainArgs, model: SDModel, network_type: NetworkType, o
             load_network_weights(network, args.network_weights, model)
     if not any(True for _ in network.adapter_modules()):
         raise NetworkOptionError("the network has no modules (check --network_train_*_only and block_dims/lr weights)")
-    network.to(torch.float32)
+    network.to(network_dtype(args))
     network.apply()
     return network
 

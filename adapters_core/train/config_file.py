@@ -20,12 +20,11 @@ from adapters_core.atomic import atomic_path
 from adapters_core.errors import ConfigError
 from adapters_core.textfiles import read_toml
 from adapters_core.train.args import (
-    IGNORED_FLAGS,
-    UNSUPPORTED,
     check_range,
     field_defaults,
     field_specs,
 )
+from adapters_core.train.unsupported_flags import IGNORED_FLAGS, UNSUPPORTED
 
 log = logging.getLogger(__name__)
 

@@ -104,7 +104,8 @@ class Trainer:
             )
         self.prompts = sampling.load_prompts(args.sample_prompts) if args.sample_prompts else []
         sampling.sampler_name(args.sample_sampler, "--sample_sampler")
-        self.save_dtype = precision_dtype(args.save_precision)
+        # float32 unless --save_precision says otherwise, also when --full_bf16/--full_fp16 train in half
+        self.save_dtype = precision_dtype(args.save_precision) or torch.float32
         self.cache = LatentCache(args.cache_latents_to_disk) if args.cache_latents else None
         self.dataset = components.build_dataset(args, self.cache)
         if args.cache_text_encoder_outputs:

@@ -153,6 +153,10 @@ def _optimizer_class(name: str) -> type[Optimizer]:
     )
 
 
+def has_float16_params(param_groups: list[dict[str, Any]]) -> bool:
+    return any(param.dtype == torch.float16 for group in param_groups for param in group["params"])
+
+
 def build_optimizer(
     name: str, param_groups: list[dict[str, Any]], learning_rate: float, optimizer_args: Mapping[str, Any]
 ) -> OptimizerChoice:
@@ -166,6 +170,11 @@ def build_optimizer(
     if key in ("sgdnesterov", "sgdnesterov8bit"):
         kwargs.setdefault("momentum", 0.9)
         fixed["nesterov"] = True
+    if key == "adamw" and "fused" not in kwargs and has_float16_params(param_groups):
+        # --full_fp16: unfused AdamW computes in float16, where its eps (1e-8) is 0, so a zero
+        # gradient (every lora_down at the first step) gives 0/0 = NaN; the fused kernel
+        # computes in float32 and stores float16.
+        fixed["fused"] = True
     if key == "adafactor":
         kwargs.setdefault("relative_step", True)
         if kwargs.get("warmup_init") and not kwargs["relative_step"]:

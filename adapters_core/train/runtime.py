@@ -51,19 +51,42 @@ def make_accelerator(args: TrainArgs) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("--mixed_precision fp16: needs a CUDA GPU; on the CPU use bf16 or no")
+        flags = "--mixed_precision fp16" + (" --full_fp16" if args.full_fp16 else "")
+        raise ConfigError(f"{flags}: needs a CUDA GPU; on the CPU use bf16 or no")
     logging_dir = None
     if args.logging_dir is not None:
         logging_dir = os.path.join(args.logging_dir, (args.log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
     log_with: Any = args.log_with or ("tensorboard" if logging_dir else None)
     if log_with == "all":
         log_with = ["tensorboard", "wandb"]
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=log_with,
         project_dir=logging_dir,
     )
+    if args.full_fp16 and accelerator.scaler is not None:
+        allow_float16_gradients(accelerator.scaler)
+    return accelerator
+
+
+def allow_float16_gradients(scaler: torch.amp.GradScaler) -> None:
+    """Let fp16's gradient scaler unscale float16 gradients (--full_fp16's adapter is float16).
+
+    ``GradScaler.unscale_`` (called before gradient clipping and by ``step``) refuses float16
+    gradients, since AMP expects float32 master weights; its unscale kernel handles them, and
+    torch offers no public switch: the only one is the ``allow_fp16`` argument of the private
+    ``_unscale_grads_`` (which torch's own FSDP scaler passes as True). This wraps that method
+    on this one scaler instance; the check for inf/NaN gradients (skipped steps) is unchanged.
+    """
+    unscale_grads = scaler._unscale_grads_
+
+    def unscale_grads_allowing_float16(
+        optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor, found_inf: torch.Tensor, allow_fp16: bool
+    ) -> dict[torch.device, torch.Tensor]:
+        return unscale_grads(optimizer, inv_scale, found_inf, True)
+
+    setattr(scaler, "_unscale_grads_", unscale_grads_allowing_float16)  # noqa: B010 - an instance attribute
 
 
 def resolved_seed(args: TrainArgs, resume: ResumePoint | None) -> int:

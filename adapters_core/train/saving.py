@@ -156,7 +156,8 @@ def training_metadata(
         "ss_lr_scheduler": lr_scheduler,
         "ss_network_dropout": args.network_dropout,
         "ss_mixed_precision": args.mixed_precision,
-        "ss_full_fp16": False,
+        "ss_full_fp16": args.full_fp16,
+        "ss_full_bf16": args.full_bf16,  # adapt's addition: kohya records full_bf16 nowhere
         "ss_clip_skip": args.clip_skip,
         "ss_max_token_length": args.max_token_length,
         "ss_cache_latents": args.cache_latents,

@@ -243,6 +243,12 @@ TRAIN = [
         ("nan-lr", "nan_lr.toml", "learning_rate"),
     ]],
     Case("train-clip-skip-5", train("--clip_skip", "5"), "--clip_skip"),
+    Case("train-full-bf16-without-bf16", train("--full_bf16"), ("--full_bf16", "--mixed_precision bf16")),
+    Case("train-full-fp16-with-bf16", train("--mixed_precision", "bf16", "--full_fp16"),
+         ("--full_fp16", "--mixed_precision fp16")),
+    Case("train-full-bf16-and-fp16", train("--mixed_precision", "bf16", "--full_bf16", "--full_fp16"),
+         ("--full_bf16", "--full_fp16")),
+    Case("train-full-fp16-on-cpu", train("--mixed_precision", "fp16", "--full_fp16"), ("--full_fp16", "CUDA")),
 ]
 
 QUICKSTART = [

@@ -174,11 +174,11 @@ def test_config_file_values_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="expected one of no, fp16, bf16"):
         coerce("mixed_precision", "fp8", "f")
     path = tmp_path / "c.toml"
-    path.write_text("full_fp16 = true\n")
-    with pytest.raises(ConfigError, match="adapter weights always stay float32"):
+    path.write_text("fp8_base = true\n")
+    with pytest.raises(ConfigError, match="fp8 base weights are not supported"):
         load_config_file(str(path))
-    path.write_text("full_fp16 = false\nhighvram = true\nseed = 4\n")
-    assert load_config_file(str(path)) == {"seed": 4}
+    path.write_text("fp8_base = false\nhighvram = true\nseed = 4\nfull_bf16 = true\n")
+    assert load_config_file(str(path)) == {"seed": 4, "full_bf16": True}
 
 
 def test_rewrite_argv_expands_kohya_multi_value_flags() -> None:
