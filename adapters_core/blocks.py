@@ -291,14 +291,15 @@ class BlockMultipliers:
     def factors(self, layout: BlockLayout, family: str = "") -> BlockFactors:
         """The factors on ``layout``; a count that fits none of its forms is one error.
 
-        A uniform preset (``ALL``, ``NONE``, ``ALL0.5``) means the same on every layout."""
+        A uniform preset (``ALL``, ``NONE``, ``ALL0.5``) on a layout none of whose forms has
+        its 17 values (SDXL) applies to every block."""
         names = layout.lbw_names
-        if self.spec.upper() in BLOCK_WEIGHT_PRESETS and len(set(self.values)) == 1:
-            return BlockFactors(layout, self.values[0], dict.fromkeys(names[1:], self.values[0]))
         for form in layout.lbw_forms:
             if len(form) == len(self.values):
                 by_name = dict(zip(form, self.values, strict=True))
                 return BlockFactors(layout, by_name.pop("BASE", 1.0), by_name)
+        if self.spec.upper() in BLOCK_WEIGHT_PRESETS and len(set(self.values)) == 1:
+            return BlockFactors(layout, self.values[0], dict.fromkeys(names[1:], self.values[0]))
         first, last = names[1], names[-1]
         short = f" or {len(layout.lbw_short)} (LoRA Block Weight's form)" if layout.lbw_short else ""
         where = f" for a {family} model" if family else ""

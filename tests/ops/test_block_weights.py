@@ -56,6 +56,8 @@ def test_forms_and_presets_map_to_the_25_blocks_and_base() -> None:
     assert [by_name[n] for n in LBW17_NAMES] == [float(v) for v in BLOCK_WEIGHT_PRESETS["OUTS"].split(",")]
     assert outs.factor(3) == 1.0  # IN03: blocks the 17-value form leaves out keep 1, as kohya's --lbws
     assert len(SD_BLOCKS.lbw_names) == NUM_BLOCKS + 1
+    half = parse_block_multipliers("ALL0.5").factors(SD_BLOCKS)  # SD: the 17-value form, as kohya reads it
+    assert (half.text_encoder, half.factor(4), half.factor(3)) == (0.5, 0.5, 1.0)
     assert [SD_BLOCKS.lbw_name(b) for b in (0, 12, 13, 24)] == ["IN00", "M00", "OUT00", "OUT11"]
 
 
