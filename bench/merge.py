@@ -70,8 +70,10 @@ def child_copy(source: str, target: str) -> dict[str, float]:
 
 
 def child_merge(source: str, target: str, *loras: str) -> dict[str, float]:
+    from adapters_core.models.loader import detect_family
     from adapters_core.ops.merge_model import merge_into_model
 
+    detect_family(Path(source))  # start-up, not merging: the plugins load and the family's modules import
     before = peak_rss_bytes()
     start = time.perf_counter()
     merge_into_model(source, list(loras), [1.0] * len(loras), save_to=target, precision="float", save_precision="fp16")

@@ -31,9 +31,11 @@ from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progr
 from adapters_core.ops.merge_folder import merge_folder_streaming
 from adapters_core.ops.merge_tensors import (
     check_coverage,
+    is_adapted,
     merge_module,
     merge_tensor,
     require_finite,
+    saved_as_is,
     saved_specs,
     writer_threads,
 )
@@ -131,7 +133,11 @@ def _merge_streaming(
             if target.suffix.lower() == ".safetensors":
                 with SafetensorsWriter(tmp, saved_specs(reader, keys, save_dtype), metadata, after_write=reader.release) as writer:
                     for key in progress(keys, "merging", unit="tensor"):
-                        writer.write(key, merged(key))
+                        as_is = not is_adapted(names.get(key, []), adapters) and saved_as_is(
+                            reader.dtype(key), merge_dtype, save_dtype
+                        )
+                        if not (as_is and writer.copy(key, reader)):  # unchanged bytes: file to file
+                            writer.write(key, merged(key))
             else:
                 torch.save({"state_dict": {key: merged(key) for key in progress(keys, "merging", unit="tensor")}}, tmp)
     finally:

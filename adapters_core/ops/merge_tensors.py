@@ -17,6 +17,7 @@ import torch
 from adapters_core.errors import FormatError, NonFiniteError, ShapeMismatchError
 from adapters_core.matching import UnmatchedKeysError
 from adapters_core.ops.deltas import Adapter, log
+from adapters_core.ops.factors import factors_of
 from adapters_core.ops.streaming import CheckpointReader, TensorSpec
 from adapters_core.plugins import get_registry
 
@@ -46,9 +47,21 @@ def require_finite(tensor: torch.Tensor, what: str) -> None:
         raise NonFiniteError(f"{what}: merging gives non-finite weights in {dtype}; nothing was written")
 
 
+def saved_as_is(dtype: torch.dtype, merge_dtype: torch.dtype, save_dtype: torch.dtype) -> bool:
+    """Whether :func:`cast_unmerged` leaves a tensor of ``dtype`` as it is (its bytes can be copied)."""
+    if not dtype.is_floating_point:
+        return True
+    return dtype == save_dtype and (merge_dtype == torch.float32 or dtype == merge_dtype)
+
+
+def is_adapted(names: Sequence[str], adapters: Sequence[Adapter]) -> bool:
+    """Whether any adapter has a module for one of the layers a checkpoint tensor holds."""
+    return any(name in adapter.modules for adapter in adapters for name in names)
+
+
 def cast_unmerged(tensor: torch.Tensor, merge_dtype: torch.dtype, save_dtype: torch.dtype) -> torch.Tensor:
     """An unmerged tensor in the save dtype, rounded through the merge dtype when that is narrower."""
-    if not tensor.is_floating_point():
+    if saved_as_is(tensor.dtype, merge_dtype, save_dtype):
         return tensor
     if merge_dtype != torch.float32 and tensor.dtype != merge_dtype:
         tensor = tensor.to(merge_dtype)
@@ -66,7 +79,7 @@ def merge_tensor(
 ) -> torch.Tensor:
     """The saved form of checkpoint tensor ``key``, which holds the layers ``names`` (kohya module
     names, several along dim 0 for a fused q/k/v projection; none for a tensor of no layer)."""
-    if not any(name in adapter.modules for adapter in adapters for name in names):
+    if not is_adapted(names, adapters):
         return cast_unmerged(tensor, merge_dtype, save_dtype)
     parts = list(tensor.to(merge_dtype).chunk(len(names), dim=0))
     for i, name in enumerate(names):
@@ -88,12 +101,20 @@ def saved_specs(reader: CheckpointReader, keys: Iterable[str], save_dtype: torch
 
 
 def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> None:
-    """Refuse a module that does not fit its layer, computing nothing (tensors on "meta").
+    """Refuse a module that does not fit its layer, computing nothing.
 
-    A type whose hook cannot run on "meta" is checked once for real before it is blamed.
+    kohya LoRA factors tell their delta's shape (``[out, r] @ [r, in*kh*kw]``); any other type's
+    hook runs on "meta" tensors (which costs torch's one-off import of its compiler stack: the
+    factor check keeps ``adapt merge`` from paying it), and a type whose hook cannot run on
+    "meta" is checked once for real before it is blamed.
     """
-    merge = get_registry().merge_weights
     tensors = adapter.modules[name]
+    factors = factors_of(adapter.network, tensors, f"{adapter.path}: {name}")
+    if factors is not None:
+        if factors.up.shape[0] == shape[0] and factors.down.shape[1] == shape[1:].numel():
+            return
+        _refuse_shape(adapter, name, shape, source, f"its factors give a {tuple(factors.weight_shape)} delta")
+    merge = get_registry().merge_weights
     on_meta = {k: v if v.dim() == 0 else v.to("meta") for k, v in tensors.items()}
     try:
         merge(adapter.network, on_meta, torch.empty(shape, device="meta"), 1.0)
@@ -105,11 +126,14 @@ def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> 
     except KeyError as missing:
         raise FormatError(f"{adapter.path}: {name} lacks the tensor {missing}") from None
     except (RuntimeError, ValueError, ShapeMismatchError) as error:
-        detail = " ".join(str(error).split())[:160]
-        raise ShapeMismatchError(
-            f"{adapter.path}: {name} does not fit the layer of shape {tuple(shape)} in {source} "
-            f"(an adapter for another base model?): {detail}"
-        ) from None
+        _refuse_shape(adapter, name, shape, source, " ".join(str(error).split())[:160])
+
+
+def _refuse_shape(adapter: Adapter, name: str, shape: torch.Size, source: Path, detail: str) -> None:
+    raise ShapeMismatchError(
+        f"{adapter.path}: {name} does not fit the layer of shape {tuple(shape)} in {source} "
+        f"(an adapter for another base model?): {detail}"
+    )
 
 
 def check_coverage(

@@ -88,6 +88,10 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
     def release(self, key: str) -> None:
         """Drop the memory behind ``key``'s tensor (it is read again if used again)."""
 
+    def file_span(self, key: str) -> tuple[Path, int, int] | None:
+        """The file and byte range holding ``key``'s tensor as stored, if it lies in one."""
+        return None
+
     def close(self) -> None:
         """Release the file."""
 
@@ -123,6 +127,9 @@ class SafetensorsReader(CheckpointReader):
             return torch.empty(self.shape(key), dtype=self.dtype(key))
         data = torch.frombuffer(self._map, dtype=torch.uint8, count=stop - start, offset=start)
         return data.view(self.dtype(key)).reshape(self.shape(key))
+
+    def file_span(self, key: str) -> tuple[Path, int, int]:
+        return (self.path, *self._span(key))
 
     def release(self, key: str) -> None:
         start, stop = self._span(key)
@@ -176,6 +183,9 @@ class ShardedReader(CheckpointReader):
 
     def release(self, key: str) -> None:
         self._owner[key].release(key)
+
+    def file_span(self, key: str) -> tuple[Path, int, int]:
+        return self._owner[key].file_span(key)
 
     def close(self) -> None:
         for shard in self._shards:
@@ -245,7 +255,10 @@ class SafetensorsWriter:
         self._after_write = after_write
         self._handle: BinaryIO = path.open("wb")
         self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
-        self._pending: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue(maxsize=queue_size)
+        self._pending: queue.Queue[tuple[str, torch.Tensor | tuple[Path, int, int]] | None] = queue.Queue(
+            maxsize=queue_size
+        )
+        self._sources: dict[Path, BinaryIO] = {}
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name="safetensors-writer", daemon=True)
         self._thread.start()
@@ -256,23 +269,65 @@ class SafetensorsWriter:
                 continue  # keep taking items so that write() never blocks
             key, tensor = item
             try:
-                data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-                self._handle.write(data.data)
+                if isinstance(tensor, tuple):
+                    self._copy_span(*tensor)
+                else:
+                    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                    self._handle.write(data.data)
                 if self._after_write is not None:
                     self._after_write(key)
             except BaseException as error:  # noqa: BLE001 - re-raised on the caller's thread
                 self._error = error
 
+    def _copy_span(self, path: Path, start: int, stop: int) -> None:
+        """Bytes of another file, copied by the kernel (``copy_file_range``: no pass through
+        this process's memory); read and written where the file system cannot."""
+        if path not in self._sources:
+            self._sources[path] = path.open("rb")
+        source = self._sources[path].fileno()
+        self._handle.flush()
+        target = self._handle.fileno()
+        offset = start
+        try:
+            while offset < stop:
+                copied = os.copy_file_range(source, target, stop - offset, offset_src=offset)
+                if copied == 0:
+                    break
+                offset += copied
+        except OSError:
+            pass  # EXDEV, ENOSYS, ...: the rest goes through memory below
+        while offset < stop:
+            chunk = os.pread(source, min(stop - offset, 64 << 20), offset)
+            if not chunk:
+                raise FormatError(f"{path}: truncated file (a tensor ends past the end)")
+            self._handle.write(chunk)
+            offset += len(chunk)
+
     def write(self, key: str, tensor: torch.Tensor) -> None:
-        if self._error is not None:
-            raise self._error
-        expected_key, dtype, shape = self._specs[self._next]
-        if key != expected_key or tensor.dtype != dtype or tensor.shape != shape:
-            raise ValueError(
-                f"{key} {tensor.dtype} {tuple(tensor.shape)}: expected {expected_key} {dtype} {tuple(shape)}"
-            )
+        """Queue ``tensor`` (in the dtype and shape the header declared for ``key``)."""
+        self._check(key, tensor.dtype, tensor.shape)
         self._pending.put((key, tensor))
         self._next += 1
+
+    def copy(self, key: str, reader: CheckpointReader) -> bool:
+        """Queue ``key``'s bytes as ``reader``'s file stores them, unchanged; ``False`` (nothing
+        queued) when they do not lie in one file."""
+        span = reader.file_span(key)
+        if span is None:
+            return False
+        self._check(key, reader.dtype(key), reader.shape(key))
+        self._pending.put((key, span))
+        self._next += 1
+        return True
+
+    def _check(self, key: str, dtype: torch.dtype, shape: torch.Size) -> None:
+        if self._error is not None:
+            raise self._error
+        expected_key, expected_dtype, expected_shape = self._specs[self._next]
+        if key != expected_key or dtype != expected_dtype or shape != expected_shape:
+            raise ValueError(
+                f"{key} {dtype} {tuple(shape)}: expected {expected_key} {expected_dtype} {tuple(expected_shape)}"
+            )
 
     def __enter__(self) -> SafetensorsWriter:
         return self
@@ -283,6 +338,8 @@ class SafetensorsWriter:
         self._pending.put(None)
         self._thread.join()
         self._handle.close()
+        for source in self._sources.values():
+            source.close()
         if kind is None and self._error is not None:
             raise self._error
         if kind is None and self._next != len(self._specs):

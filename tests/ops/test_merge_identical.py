@@ -41,6 +41,29 @@ def test_streamed_single_file_equals_the_loaded_model_path(tiny: TinyFiles, tmp_
     assert len(common) > 200 and changed > 100  # the adapted layers of both adapters were compared
 
 
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_unchanged_tensors_are_copied_byte_for_byte(
+    tiny: TinyFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copy: bool
+) -> None:
+    """Tensors no adapter touches, saved in their own dtype, go file to file (copy_file_range,
+    or read and written where the file system refuses it) and equal the source's bytes."""
+    import errno
+    import os
+
+    if not kernel_copy:
+        def refuse(*args: object, **kwargs: object) -> int:
+            raise OSError(errno.EXDEV, "cross-device")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    paths = adapters(tiny, tmp_path)
+    out = merge_into_model(tiny.single, paths[:1], [0.5], save_to=tmp_path / "m.safetensors", save_precision="float")
+    with safe_open(str(out), "pt") as ours, safe_open(str(tiny.single), "pt") as source:
+        assert set(ours.keys()) == set(source.keys())
+        same = [key for key in ours.keys() if torch.equal(ours.get_tensor(key), source.get_tensor(key))]
+        assert len(same) > 100 and len(same) < len(set(ours.keys()))  # copied ones, and merged ones that differ
+        assert "first_stage_model.decoder.conv_in.weight" in same
+
+
 def test_a_merge_that_overflows_the_save_precision_writes_nothing(tiny: TinyFiles, tmp_path: Path) -> None:
     huge = random_lora(tiny.model, dim=4, alpha=4.0, seed=3, scale=300.0)  # deltas far past fp16's 65504
     path = write_file(tmp_path / "huge.safetensors", huge)
