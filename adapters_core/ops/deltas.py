@@ -26,13 +26,13 @@ from adapters_core.interop.adapter_source import read_adapter_file
 from adapters_core.keys import normalize_module_name
 from adapters_core.layer_table import bundled_layer_table
 from adapters_core.lora_keys import resolve_alpha
-from adapters_core.matching import detect_file_network, loadable_targets, module_spec
+from adapters_core.matching import detect_file_network, module_spec
 from adapters_core.metadata import family_from_metadata
 from adapters_core.network import split_module_keys
 from adapters_core.ops.factors import factors_of
 from adapters_core.plugins import get_registry
 from adapters_core.progress import progress, progress_bar  # noqa: F401 (the ops import them from here)
-from adapters_core.targets import Target, layer_weight
+from adapters_core.targets import Target
 
 if TYPE_CHECKING:
     from adapters_core.family import ModelFamily
@@ -165,11 +165,6 @@ def is_conv3x3(shape: Sequence[int]) -> bool:
 
 
 # -- layer shapes -------------------------------------------------------------------------
-def model_layer_shapes(family: ModelFamily, components: Mapping[str, nn.Module | None]) -> dict[str, torch.Size]:
-    """Weight shape of every layer a file may adapt, by kohya name (:func:`loadable_targets`)."""
-    return {t.name: layer_weight(t.layer).shape for t in loadable_targets(family, components)}
-
-
 def naming_family(metadata: Mapping[str, str], names: Iterable[str]) -> ModelFamily:
     """The family whose naming a file read without a model follows: the one its metadata
     names, else the first whose component prefixes cover every module name (``lora_te1_``

@@ -41,11 +41,11 @@ from adapters_core.errors import ConfigError, NonFiniteError, ShapeMismatchError
 from adapters_core.family import ModelFamily
 from adapters_core.formats import precision_dtype
 from adapters_core.linalg import SVD_METHODS
-from adapters_core.ops.deltas import extract_module, layer_weight, log, module_delta, progress
+from adapters_core.ops.deltas import extract_module, log, module_delta, progress
 from adapters_core.ops.fit import FitSummary, LayerFit, layer_fit
 from adapters_core.ops.outputs import ModuleOut, adapter_metadata, write_adapter
 from adapters_core.plugins import get_registry
-from adapters_core.targets import Target, model_targets
+from adapters_core.targets import Target, layer_weight, model_targets
 
 Components = Mapping[str, "nn.Module | None"]
 CLIP_BUDGET = 0.01  # the default clip may move a layer's fit by this share of the change's norm

@@ -32,7 +32,7 @@ from adapters_core.errors import ModelLoadError
 from adapters_core.family import ModelFamily
 from adapters_core.matching import loadable_targets
 from adapters_core.ops.deltas import Adapter
-from adapters_core.ops.merge_tensors import check_coverage, merge_tensor, saved_specs, writer_threads
+from adapters_core.ops.merge_tensors import check_coverage, saved_specs, write_merged, writer_threads
 from adapters_core.ops.streaming import (
     CheckpointReader,
     SafetensorsReader,
@@ -179,8 +179,7 @@ def _write_component(
     with SafetensorsWriter(folder / stream.weights_name, specs, SAVED_METADATA, after_write=reader.release) as writer:
         for key, own in stream.keys.items():
             names = [stream.layers[own]] if own in stream.layers else []
-            writer.write(key, merge_tensor(f"{stream.folder}/{key}", reader[key], names, adapters, ratios,
-                                           merge_dtype, save_dtype))
+            write_merged(writer, reader, key, names, adapters, ratios, merge_dtype, save_dtype, f"{stream.folder}/{key}")
             bar.update()
 
 

@@ -27,19 +27,19 @@ from adapters_core.errors import ModelLoadError
 from adapters_core.formats import precision_dtype
 from adapters_core.matching import loadable_targets
 from adapters_core.metadata import modelspec_metadata
-from adapters_core.ops.deltas import Adapter, layer_weight, log, progress, progress_bar, read_adapters, resolve_ratios
+from adapters_core.ops.deltas import Adapter, log, progress, progress_bar, read_adapters, resolve_ratios
 from adapters_core.ops.merge_folder import merge_folder_streaming
 from adapters_core.ops.merge_tensors import (
     check_coverage,
-    is_adapted,
     merge_module,
     merge_tensor,
     require_finite,
-    saved_as_is,
     saved_specs,
+    write_merged,
     writer_threads,
 )
 from adapters_core.ops.streaming import SafetensorsWriter, open_checkpoint, reused_heap
+from adapters_core.targets import layer_weight
 
 
 def merge_into_model(
@@ -133,11 +133,7 @@ def _merge_streaming(
             if target.suffix.lower() == ".safetensors":
                 with SafetensorsWriter(tmp, saved_specs(reader, keys, save_dtype), metadata, after_write=reader.release) as writer:
                     for key in progress(keys, "merging", unit="tensor"):
-                        as_is = not is_adapted(names.get(key, []), adapters) and saved_as_is(
-                            reader.dtype(key), merge_dtype, save_dtype
-                        )
-                        if not (as_is and writer.copy(key, reader)):  # unchanged bytes: file to file
-                            writer.write(key, merged(key))
+                        write_merged(writer, reader, key, names.get(key, []), adapters, ratios, merge_dtype, save_dtype)
             else:
                 torch.save({"state_dict": {key: merged(key) for key in progress(keys, "merging", unit="tensor")}}, tmp)
     finally:

@@ -18,7 +18,7 @@ from adapters_core.errors import FormatError, NonFiniteError, ShapeMismatchError
 from adapters_core.matching import UnmatchedKeysError
 from adapters_core.ops.deltas import Adapter, log
 from adapters_core.ops.factors import factors_of
-from adapters_core.ops.streaming import CheckpointReader, TensorSpec
+from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, TensorSpec
 from adapters_core.plugins import get_registry
 
 
@@ -90,6 +90,25 @@ def merge_tensor(
     # checked as saved: fewer bytes than the merge dtype, and an overflow of the cast is caught
     require_finite(result, f"{', '.join(str(a.path) for a in adapters)}: {key}")
     return result
+
+
+def write_merged(
+    writer: SafetensorsWriter,
+    reader: CheckpointReader,
+    key: str,
+    names: Sequence[str],
+    adapters: Sequence[Adapter],
+    ratios: Sequence[float],
+    merge_dtype: torch.dtype,
+    save_dtype: torch.dtype,
+    label: str = "",
+) -> None:
+    """Write checkpoint tensor ``key`` as :func:`merge_tensor` gives it (``label`` names it in
+    errors); one no adapter touches and saved in its own dtype goes file to file instead."""
+    if not is_adapted(names, adapters) and saved_as_is(reader.dtype(key), merge_dtype, save_dtype):
+        if writer.copy(key, reader):
+            return
+    writer.write(key, merge_tensor(label or key, reader[key], names, adapters, ratios, merge_dtype, save_dtype))
 
 
 def saved_specs(reader: CheckpointReader, keys: Iterable[str], save_dtype: torch.dtype) -> list[TensorSpec]:
