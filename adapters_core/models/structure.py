@@ -58,7 +58,7 @@ class ModelStructure:
         """Every layer an adapter file may adapt, by kohya name (stand-in layers on ``meta``)."""
         return {t.name: t for t in self.table.targets()}
 
-    @property
+    @cached_property
     def aliases(self) -> dict[str, str]:
         """Other spellings of module names files use (:meth:`ModelFamily.module_aliases`)."""
         return dict(self.table.aliases)
