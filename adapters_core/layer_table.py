@@ -121,11 +121,14 @@ def _stand_in(layer_kind: str, shape: tuple[int, ...]) -> nn.Module:
 
 
 def shipped_or_built(family: ModelFamily, folder: Path) -> LayerTable:
-    """``folder/<family name>.json`` where the family ships it, else built (:meth:`ModelFamily.layer_table`)."""
+    """``folder/<family name>.json`` where the family ships it, else the contract's default
+    (:meth:`ModelFamily.layer_table`: built on "meta")."""
+    from adapters_core.family import ModelFamily
+
     path = folder / f"{family.name}.json"
     if path.is_file():
         return LayerTable.read(path)
-    return LayerTable.of(family, family.build_components(device="meta"))
+    return ModelFamily.layer_table(family)
 
 
 @functools.cache
