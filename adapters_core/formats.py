@@ -24,6 +24,7 @@ from safetensors import safe_open
 from adapters_core.atomic import atomic_path
 from adapters_core.choices import INPUT_SUFFIXES, PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
 from adapters_core.errors import FormatError, NonFiniteError
+from adapters_core.finite import all_finite
 
 LEGACY_HASH_OFFSET = 0x100000
 LEGACY_HASH_LENGTH = 0x10000
@@ -167,7 +168,7 @@ def check_adapter_tensors(file: AdapterFile) -> None:
             raise FormatError(
                 f"{file.path}: module {module}: {name} has shape {tuple(tensor.shape)}; an alpha must be a single number"
             )
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise NonFiniteError(
                 f"{file.path}: module {module}: {name} holds NaN or infinite values; "
                 "a finite adapter is needed (nothing was written)"
@@ -226,7 +227,7 @@ def prepare_tensors(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | No
         if value.is_floating_point():
             if dtype is not None:
                 value = value.to(dtype)
-            if not torch.isfinite(value).all():
+            if not all_finite(value):
                 where = f" in {str(dtype).removeprefix('torch.')}" if dtype is not None else ""
                 raise NonFiniteError(f"{key}: contains NaN or infinite values{where}; refusing to write the file")
         prepared[key] = value.contiguous()

@@ -12,6 +12,7 @@ from torch import nn
 
 from adapters_core.blocks import BlockFactors, BlockMultipliers, RankPlan
 from adapters_core.errors import NonFiniteError
+from adapters_core.finite import all_finite
 from adapters_core.matching import (
     KeyMiss,
     ModuleMatcher,
@@ -335,7 +336,7 @@ class Network(nn.Module):
             new_weight = self.registry.merge_weights(
                 self.network_type.name, self.module_tensors(name), layer_weight(layer), self._module_ratio(name, ratio)
             )
-            if not torch.isfinite(new_weight).all():
+            if not all_finite(new_weight):
                 raise NonFiniteError(f"{name}: merging gives non-finite weights; nothing was merged")
             merged.append((layer_weight(layer), new_weight))
         if self.applied:

@@ -39,6 +39,7 @@ from adapters_core.atomic import check_writable
 from adapters_core.choices import DEFAULT_SVD
 from adapters_core.errors import ConfigError, NonFiniteError, ShapeMismatchError
 from adapters_core.family import ModelFamily
+from adapters_core.finite import all_finite
 from adapters_core.formats import precision_dtype
 from adapters_core.linalg import SVD_METHODS
 from adapters_core.ops.deltas import extract_module, log, module_delta, progress
@@ -129,7 +130,7 @@ def extract_modules(
         rank = conv_dim if org_target.layer_kind == "conv3x3" and conv_dim else dim
         k = max(1, min(rank, shape[0], shape[1]))
         difference = _difference(org_target, tuned_target, device)
-        if not bool(difference.isfinite().all()):
+        if not all_finite(difference):
             raise NonFiniteError(
                 f"{org_target.name}: the weights differ by NaN or infinite values; --model_org and --model_tuned "
                 "must hold finite weights"

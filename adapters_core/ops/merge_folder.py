@@ -32,13 +32,11 @@ from adapters_core.errors import ModelLoadError
 from adapters_core.family import ModelFamily
 from adapters_core.matching import loadable_targets
 from adapters_core.ops.deltas import Adapter
-from adapters_core.ops.merge_tensors import check_coverage, saved_specs, write_merged, writer_threads
+from adapters_core.ops.merge_tensors import check_coverage, saved_bytes, write_merged_file, writer_threads
 from adapters_core.ops.streaming import (
     CheckpointReader,
     SafetensorsReader,
-    SafetensorsWriter,
     ShardedReader,
-    TensorSpec,
 )
 from adapters_core.progress import progress_bar
 from adapters_core.targets import layer_weight
@@ -86,16 +84,14 @@ def merge_folder_streaming(
         for found in targets:
             streams[found.component].layers[f"{found.module_path}.weight"] = found.name
         check_coverage(adapters, {t.name: layer_weight(t.layer).shape for t in targets}, source, allow_unmatched)
-        specs = {name: saved_specs(stream.reader, stream.keys, save_dtype) for name, stream in streams.items()}
-        expected = sum(shape.numel() * dtype.itemsize for entries in specs.values() for _, dtype, shape in entries)
+        expected = sum(saved_bytes(stream.reader, stream.keys, save_dtype) for stream in streams.values())
         with atomic_path(target, overwrite, expected_bytes=expected) as tmp, writer_threads():
             _copy_other_files(source, tmp, set(streams))
             if v_parameterization is not None:
                 _set_prediction_type(tmp, v_parameterization)
-            total = sum(len(stream.keys) for stream in streams.values())
-            with progress_bar(total, "merging", unit="tensor") as bar:
+            with progress_bar(expected, "merging", unit="B", unit_scale=True, unit_divisor=1024) as bar:
                 for name, stream in streams.items():
-                    _write_component(tmp / name, stream, specs[name], adapters, ratios, merge_dtype, save_dtype, bar)
+                    _write_component(tmp / name, stream, adapters, ratios, merge_dtype, save_dtype, bar)
     return target
 
 
@@ -167,7 +163,6 @@ def state_dict_spelling(module: nn.Module, reader: CheckpointReader) -> dict[str
 def _write_component(
     folder: Path,
     stream: ComponentStream,
-    specs: list[TensorSpec],
     adapters: Sequence[Adapter],
     ratios: Sequence[float],
     merge_dtype: torch.dtype,
@@ -175,12 +170,11 @@ def _write_component(
     bar: tqdm,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    reader = stream.reader
-    with SafetensorsWriter(folder / stream.weights_name, specs, SAVED_METADATA, after_write=reader.release) as writer:
-        for key, own in stream.keys.items():
-            names = [stream.layers[own]] if own in stream.layers else []
-            write_merged(writer, reader, key, names, adapters, ratios, merge_dtype, save_dtype, f"{stream.folder}/{key}")
-            bar.update()
+    layers = {key: [stream.layers[own]] if own in stream.layers else [] for key, own in stream.keys.items()}
+    write_merged_file(
+        folder / stream.weights_name, stream.reader, layers, adapters, ratios, merge_dtype, save_dtype,
+        SAVED_METADATA, bar, label=lambda key: f"{stream.folder}/{key}",
+    )
 
 
 def _copy_other_files(source: Path, target: Path, streamed: set[str]) -> None:

@@ -7,10 +7,10 @@ Every adapted weight becomes ``merge_weights(W, module, ratio)`` of each adapter
 A single file written as a single file, and a Diffusers folder written as a folder
 (:mod:`adapters_core.ops.merge_folder`), are streamed tensor by tensor: each key is mapped
 to the kohya module(s) it holds (SD2's fused ``in_proj`` holds q, k and v), merged and
-written, so memory holds about one tensor, not the model. Conversions between the layouts,
-and folders with pickled weights, load the model once and merge in place.
-Every module is checked against its layer's shape (a dry run on the "meta" device) before
-anything is written.
+written, so memory holds a few tensors, not the model; tensors no adapter touches are copied
+file to file by the kernel meanwhile. Conversions between the layouts, and folders with
+pickled weights, load the model once and merge in place.
+Every module is checked against its layer's shape before anything is written.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from adapters_core.ops.merge_tensors import (
     merge_module,
     merge_tensor,
     require_finite,
-    saved_specs,
-    write_merged,
+    saved_bytes,
+    write_merged_file,
     writer_threads,
 )
-from adapters_core.ops.streaming import SafetensorsWriter, open_checkpoint, reused_heap
+from adapters_core.ops.streaming import open_checkpoint, reused_heap
 from adapters_core.targets import layer_weight
 
 
@@ -131,9 +131,10 @@ def _merge_streaming(
         keys = list(reader)
         with atomic_path(target, overwrite) as tmp, writer_threads():
             if target.suffix.lower() == ".safetensors":
-                with SafetensorsWriter(tmp, saved_specs(reader, keys, save_dtype), metadata, after_write=reader.release) as writer:
-                    for key in progress(keys, "merging", unit="tensor"):
-                        write_merged(writer, reader, key, names.get(key, []), adapters, ratios, merge_dtype, save_dtype)
+                holds = {key: names.get(key, []) for key in keys}
+                total = saved_bytes(reader, keys, save_dtype)
+                with progress_bar(total, "merging", unit="B", unit_scale=True, unit_divisor=1024) as bar:
+                    write_merged_file(tmp, reader, holds, adapters, ratios, merge_dtype, save_dtype, metadata, bar)
             else:
                 torch.save({"state_dict": {key: merged(key) for key in progress(keys, "merging", unit="tensor")}}, tmp)
     finally:

@@ -9,17 +9,23 @@ and the in-memory merge all go through these functions, so they write the same b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from adapters_core.errors import FormatError, NonFiniteError, ShapeMismatchError
+from adapters_core.finite import all_finite
 from adapters_core.matching import UnmatchedKeysError
 from adapters_core.ops.deltas import Adapter, log
 from adapters_core.ops.factors import factors_of
-from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, TensorSpec
+from adapters_core.ops.streaming import CheckpointReader, SafetensorsWriter, TensorSpec, spec_bytes
 from adapters_core.plugins import get_registry
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def merge_module(
@@ -41,8 +47,8 @@ def merge_module(
 
 
 def require_finite(tensor: torch.Tensor, what: str) -> None:
-    """Refuse NaN/inf (they reach the sum: one pass, no mask), naming the dtype they appear in."""
-    if not torch.isfinite(tensor.sum(dtype=torch.float32)):
+    """Refuse NaN/inf, naming the dtype they appear in."""
+    if not all_finite(tensor):
         dtype = str(tensor.dtype).removeprefix("torch.")
         raise NonFiniteError(f"{what}: merging gives non-finite weights in {dtype}; nothing was written")
 
@@ -76,9 +82,14 @@ def merge_tensor(
     ratios: Sequence[float],
     merge_dtype: torch.dtype,
     save_dtype: torch.dtype,
+    *,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """The saved form of checkpoint tensor ``key``, which holds the layers ``names`` (kohya module
-    names, several along dim 0 for a fused q/k/v projection; none for a tensor of no layer)."""
+    names, several along dim 0 for a fused q/k/v projection; none for a tensor of no layer).
+
+    ``check_finite=False`` leaves the NaN/inf check of a merged tensor to the caller
+    (:func:`merged_check`)."""
     if not is_adapted(names, adapters):
         return cast_unmerged(tensor, merge_dtype, save_dtype)
     parts = list(tensor.to(merge_dtype).chunk(len(names), dim=0))
@@ -87,28 +98,56 @@ def merge_tensor(
             if name in adapter.modules:
                 parts[i] = merge_module(adapter, name, parts[i], ratio, check_finite=False)
     result = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(save_dtype)
-    # checked as saved: fewer bytes than the merge dtype, and an overflow of the cast is caught
-    require_finite(result, f"{', '.join(str(a.path) for a in adapters)}: {key}")
+    if check_finite:
+        merged_check(key, adapters)(result)
     return result
 
 
-def write_merged(
-    writer: SafetensorsWriter,
+def merged_check(key: str, adapters: Sequence[Adapter]) -> Callable[[torch.Tensor], None]:
+    """The NaN/inf check of merged tensor ``key``, run on the tensor as saved: fewer bytes than
+    the merge dtype, and an overflow of the cast is caught."""
+    return functools.partial(require_finite, what=f"{', '.join(str(a.path) for a in adapters)}: {key}")
+
+
+def write_merged_file(
+    path: Path,
     reader: CheckpointReader,
-    key: str,
-    names: Sequence[str],
+    layers: Mapping[str, Sequence[str]],
     adapters: Sequence[Adapter],
     ratios: Sequence[float],
     merge_dtype: torch.dtype,
     save_dtype: torch.dtype,
-    label: str = "",
+    metadata: Mapping[str, str],
+    bar: tqdm,
+    label: Callable[[str], str] = str,
 ) -> None:
-    """Write checkpoint tensor ``key`` as :func:`merge_tensor` gives it (``label`` names it in
-    errors); one no adapter touches and saved in its own dtype goes file to file instead."""
-    if not is_adapted(names, adapters) and saved_as_is(reader.dtype(key), merge_dtype, save_dtype):
-        if writer.copy(key, reader):
-            return
-    writer.write(key, merge_tensor(label or key, reader[key], names, adapters, ratios, merge_dtype, save_dtype))
+    """Write the safetensors file ``path``: each tensor ``layers`` lists (checkpoint key -> the
+    layers it holds, in the order the file lays them out) as :func:`merge_tensor` gives it.
+
+    Tensors no adapter touches, saved in their own dtype, are queued first as file-to-file
+    copies, which the writer's thread makes while this one computes the merged tensors; a
+    merged tensor's NaN/inf check runs on that thread too. ``bar`` counts the bytes written;
+    ``label`` names a key in errors.
+    """
+    specs = saved_specs(reader, layers, save_dtype)
+    sizes = {spec[0]: spec_bytes(spec) for spec in specs}
+
+    def written(key: str) -> None:
+        reader.release(key)
+        bar.update(sizes[key])
+
+    with SafetensorsWriter(path, specs, metadata, after_write=written) as writer:
+        computed = [
+            key
+            for key, names in layers.items()
+            if is_adapted(names, adapters)
+            or not saved_as_is(reader.dtype(key), merge_dtype, save_dtype)
+            or not writer.copy(key, reader)
+        ]
+        for key in computed:
+            names = layers[key]
+            tensor = merge_tensor(key, reader[key], names, adapters, ratios, merge_dtype, save_dtype, check_finite=False)
+            writer.write(key, tensor, check=merged_check(label(key), adapters) if is_adapted(names, adapters) else None)
 
 
 def saved_specs(reader: CheckpointReader, keys: Iterable[str], save_dtype: torch.dtype) -> list[TensorSpec]:
@@ -117,6 +156,11 @@ def saved_specs(reader: CheckpointReader, keys: Iterable[str], save_dtype: torch
         (key, save_dtype if reader.dtype(key).is_floating_point else reader.dtype(key), reader.shape(key))
         for key in keys
     ]
+
+
+def saved_bytes(reader: CheckpointReader, keys: Iterable[str], save_dtype: torch.dtype) -> int:
+    """How many bytes the tensors ``keys`` take as :func:`saved_specs` gives them."""
+    return sum(map(spec_bytes, saved_specs(reader, keys, save_dtype)))
 
 
 def check_fits(adapter: Adapter, name: str, shape: torch.Size, source: Path) -> None:

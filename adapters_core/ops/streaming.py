@@ -15,13 +15,13 @@ import ctypes
 import json
 import mmap
 import os
-import queue
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
 
 import torch
 
@@ -44,6 +44,12 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 TensorSpec = tuple[str, torch.dtype, torch.Size]
+
+
+def spec_bytes(spec: TensorSpec) -> int:
+    """How many bytes the tensor ``spec`` describes takes in a file."""
+    _, dtype, shape = spec
+    return shape.numel() * dtype.itemsize
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 
@@ -225,12 +231,27 @@ def open_checkpoint(path: str | os.PathLike[str]) -> CheckpointReader:
     return TensorDictReader(pickled_tensors(path, mmap=True))
 
 
-class SafetensorsWriter:
-    """Write a safetensors file tensor by tensor, in the order of ``specs``.
+@dataclass
+class _Pending:
+    """One queued tensor: its bytes, or the file span holding them; ``size`` is the memory it holds."""
 
-    The bytes go out on a background thread (file writes release the GIL), so the caller
-    computes the next tensor while the previous one is written; at most ``queue_size``
-    tensors wait. ``after_write(key)`` runs on that thread once a tensor is written.
+    key: str
+    data: torch.Tensor | tuple[Path, int, int]
+    size: int = 0
+    check: Callable[[torch.Tensor], None] | None = None
+
+
+class SafetensorsWriter:
+    """Write a safetensors file tensor by tensor, laid out in the order of ``specs``.
+
+    The header is written first and each tensor goes to its own offset, so tensors may come
+    in any order (each key once). The bytes go out on a background thread (file writes
+    release the GIL) while the caller computes the next tensor. The thread writes queued
+    tensors first, which hold at most ``queue_bytes`` (one larger tensor waits alone), and
+    copies of another file's bytes (``copy``: no memory held, the caller never waits) while
+    no tensor is waiting: queue every copy before computing, and the kernel copies the
+    unchanged tensors during the computing. ``after_write(key)`` runs on that thread once a
+    tensor is written.
     """
 
     def __init__(
@@ -240,74 +261,109 @@ class SafetensorsWriter:
         metadata: Mapping[str, str] | None = None,
         *,
         after_write: Callable[[str], None] | None = None,
-        queue_size: int = 2,
+        queue_bytes: int = 128 << 20,
     ) -> None:
         header: dict[str, object] = {"__metadata__": {k: str(v) for k, v in (metadata or {}).items()}}
+        offsets: dict[str, int] = {}
         offset = 0
         for key, dtype, shape in specs:
-            size = shape.numel() * torch.empty((), dtype=dtype).element_size()
+            size = spec_bytes((key, dtype, shape))
             header[key] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offsets[key] = offset
             offset += size
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)
-        self._specs = list(specs)
-        self._next = 0
+        data_start = 8 + len(encoded)
+        self._specs = {key: (dtype, shape) for key, dtype, shape in specs}
+        self._offsets = {key: data_start + at for key, at in offsets.items()}  # where each tensor's bytes go
+        self._written: set[str] = set()
         self._after_write = after_write
-        self._handle: BinaryIO = path.open("wb")
-        self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
-        self._pending: queue.Queue[tuple[str, torch.Tensor | tuple[Path, int, int]] | None] = queue.Queue(
-            maxsize=queue_size
-        )
-        self._sources: dict[Path, BinaryIO] = {}
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._pwrite(struct.pack("<Q", len(encoded)) + encoded, 0)
+        os.ftruncate(self._fd, data_start + offset)
+        self._tensors: deque[_Pending] = deque()
+        self._copies: deque[_Pending] = deque()
+        self._closed = False
+        self._queue_bytes = queue_bytes
+        self._queued_bytes = 0
+        self._room = threading.Condition()
+        self._sources: dict[Path, int] = {}
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name="safetensors-writer", daemon=True)
         self._thread.start()
 
+    def _next_item(self) -> _Pending | None:
+        with self._room:
+            self._room.wait_for(lambda: self._tensors or self._copies or self._closed)
+            if self._tensors:
+                return self._tensors.popleft()
+            return self._copies.popleft() if self._copies else None
+
     def _drain(self) -> None:
-        while (item := self._pending.get()) is not None:
-            if self._error is not None:
-                continue  # keep taking items so that write() never blocks
-            key, tensor = item
+        while (item := self._next_item()) is not None:
             try:
-                if isinstance(tensor, tuple):
-                    self._copy_span(*tensor)
+                if self._error is not None:
+                    continue  # keep taking items so that write() never blocks
+                if isinstance(item.data, tuple):
+                    self._copy_span(*item.data, self._offsets[item.key])
                 else:
-                    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-                    self._handle.write(data.data)
+                    if item.check is not None:
+                        item.check(item.data)
+                    data = item.data.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                    self._pwrite(data.data, self._offsets[item.key])
                 if self._after_write is not None:
-                    self._after_write(key)
+                    self._after_write(item.key)
             except BaseException as error:  # noqa: BLE001 - re-raised on the caller's thread
                 self._error = error
+            finally:
+                with self._room:
+                    self._queued_bytes -= item.size
+                    self._room.notify_all()
 
-    def _copy_span(self, path: Path, start: int, stop: int) -> None:
+    def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def _copy_span(self, path: Path, start: int, stop: int, offset: int) -> None:
         """Bytes of another file, copied by the kernel (``copy_file_range``: no pass through
         this process's memory); read and written where the file system cannot."""
         if path not in self._sources:
-            self._sources[path] = path.open("rb")
-        source = self._sources[path].fileno()
-        self._handle.flush()
-        target = self._handle.fileno()
-        offset = start
+            self._sources[path] = os.open(path, os.O_RDONLY)
+        source = self._sources[path]
+        position = start
         try:
-            while offset < stop:
-                copied = os.copy_file_range(source, target, stop - offset, offset_src=offset)
+            while position < stop:
+                copied = os.copy_file_range(
+                    source, self._fd, stop - position, offset_src=position, offset_dst=offset + position - start
+                )
                 if copied == 0:
                     break
-                offset += copied
+                position += copied
         except OSError:
             pass  # EXDEV, ENOSYS, ...: the rest goes through memory below
-        while offset < stop:
-            chunk = os.pread(source, min(stop - offset, 64 << 20), offset)
+        while position < stop:
+            chunk = os.pread(source, min(stop - position, 64 << 20), position)
             if not chunk:
                 raise FormatError(f"{path}: truncated file (a tensor ends past the end)")
-            self._handle.write(chunk)
-            offset += len(chunk)
+            self._pwrite(chunk, offset + position - start)
+            position += len(chunk)
 
-    def write(self, key: str, tensor: torch.Tensor) -> None:
-        """Queue ``tensor`` (in the dtype and shape the header declared for ``key``)."""
-        self._check(key, tensor.dtype, tensor.shape)
-        self._pending.put((key, tensor))
-        self._next += 1
+    def write(self, key: str, tensor: torch.Tensor, check: Callable[[torch.Tensor], None] | None = None) -> None:
+        """Queue ``tensor`` (in the dtype and shape the header declared for ``key``).
+
+        ``check(tensor)``, if given, runs on the writer's thread before the bytes go out (a
+        NaN/inf test then overlaps the caller's next tensor); what it raises stops the writing
+        and is raised on the caller's thread at its next call or on leaving the ``with``.
+        """
+        self._claim(key, tensor.dtype, tensor.shape)
+        size = tensor.numel() * tensor.element_size()
+        with self._room:
+            self._room.wait_for(lambda: self._queued_bytes == 0 or self._queued_bytes + size <= self._queue_bytes)
+            self._queued_bytes += size
+            self._tensors.append(_Pending(key, tensor, size, check))
+            self._room.notify_all()
 
     def copy(self, key: str, reader: CheckpointReader) -> bool:
         """Queue ``key``'s bytes as ``reader``'s file stores them, unchanged; ``False`` (nothing
@@ -315,19 +371,21 @@ class SafetensorsWriter:
         span = reader.file_span(key)
         if span is None:
             return False
-        self._check(key, reader.dtype(key), reader.shape(key))
-        self._pending.put((key, span))
-        self._next += 1
+        self._claim(key, reader.dtype(key), reader.shape(key))
+        with self._room:
+            self._copies.append(_Pending(key, span))
+            self._room.notify_all()
         return True
 
-    def _check(self, key: str, dtype: torch.dtype, shape: torch.Size) -> None:
+    def _claim(self, key: str, dtype: torch.dtype, shape: torch.Size) -> None:
         if self._error is not None:
             raise self._error
-        expected_key, expected_dtype, expected_shape = self._specs[self._next]
-        if key != expected_key or dtype != expected_dtype or shape != expected_shape:
-            raise ValueError(
-                f"{key} {dtype} {tuple(shape)}: expected {expected_key} {expected_dtype} {tuple(expected_shape)}"
-            )
+        if key not in self._specs or key in self._written:
+            raise ValueError(f"{key}: {'written twice' if key in self._written else 'not in the header'}")
+        expected_dtype, expected_shape = self._specs[key]
+        if dtype != expected_dtype or shape != expected_shape:
+            raise ValueError(f"{key} {dtype} {tuple(shape)}: expected {expected_dtype} {tuple(expected_shape)}")
+        self._written.add(key)
 
     def __enter__(self) -> SafetensorsWriter:
         return self
@@ -335,12 +393,16 @@ class SafetensorsWriter:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self._pending.put(None)
+        with self._room:
+            self._closed = True
+            if error is not None and self._error is None:
+                self._error = error  # the caller failed (or was interrupted): what is queued is not written
+            self._room.notify_all()
         self._thread.join()
-        self._handle.close()
+        os.close(self._fd)
         for source in self._sources.values():
-            source.close()
+            os.close(source)
         if kind is None and self._error is not None:
             raise self._error
-        if kind is None and self._next != len(self._specs):
-            raise ValueError(f"only {self._next} of {len(self._specs)} tensors were written")
+        if kind is None and len(self._written) != len(self._specs):
+            raise ValueError(f"only {len(self._written)} of {len(self._specs)} tensors were written")

@@ -23,7 +23,7 @@ Snapshot = dict[str, tuple[int, int] | None]
 # every other bad input must be refused before the work starts, in one line.
 WORK_OUTPUT = re.compile(
     r"^(INFO: |WARNING: |(merging|merging adapters|svd-merge|resizing|inspecting|extracting|splitting DyLoRA|generating"
-    r"|steps|caching latents): +\d+%\|.*\| *\d+/\d+ \[)"
+    r"|steps|caching latents): +\d+%\|.*\| *[\d.]+[kMGT]?/[\d.]+[kMGT]? \[)"  # counts, or bytes (3.41M)
 )
 
 
