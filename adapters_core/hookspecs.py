@@ -117,6 +117,8 @@ def delta_weight(
 
     ``tensors`` are the module's tensors with module-relative keys; the result has
     ``weight_shape`` and includes the type's own scale (alpha/rank for LoRA), in float32.
+    The caller owns the result and may write into it (the core copies an answer that shares
+    memory with ``tensors``).
     """
 
 

@@ -35,15 +35,24 @@ class AdapterModule(nn.Module):
         """
 
 
-def merge_additive(weight: torch.Tensor, delta: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``weight + ratio * delta`` computed in float32 and returned in the weight's dtype."""
+def merge_additive(weight: torch.Tensor, delta: torch.Tensor, ratio: float, *, scratch: bool = False) -> torch.Tensor:
+    """``weight + ratio * delta`` computed in float32 and returned in the weight's dtype.
+
+    ``scratch=True``: ``delta`` is the caller's to overwrite, and the float32 sum is written
+    into it (one buffer the size of the layer fewer; the same values: a weight of at most 32
+    bits widens to float32 exactly, inside the add as before it).
+    """
     if delta.shape != weight.shape:
         if delta.numel() != weight.numel():
             raise ShapeMismatchError(
                 f"delta of shape {tuple(delta.shape)} does not fit a weight of shape {tuple(weight.shape)}"
             )
         delta = delta.reshape(weight.shape)
-    merged = torch.add(weight.float(), delta.to(weight.device, torch.float32), alpha=ratio)
+    delta = delta.to(weight.device, torch.float32)
+    if scratch and weight.is_floating_point() and weight.dtype.itemsize <= 4:
+        merged = torch.add(weight, delta, alpha=ratio, out=delta)
+    else:
+        merged = torch.add(weight.float(), delta, alpha=ratio)
     return merged.to(weight.dtype)
 
 

@@ -252,8 +252,13 @@ class Registry:
         return list(self._answer("state_dict_keys", network, spec=spec))
 
     def delta_weight(self, network: str, tensors: Mapping[str, torch.Tensor], weight_shape: torch.Size) -> torch.Tensor:
-        """The delta one module adds to its layer's weight at multiplier 1."""
-        return self._answer("delta_weight", network, tensors=tensors, weight_shape=weight_shape)
+        """The delta one module adds to its layer's weight at multiplier 1, in memory of the
+        caller's own (an answer that shares memory with ``tensors`` is copied)."""
+        delta = self._answer("delta_weight", network, tensors=tensors, weight_shape=weight_shape)
+        storage = delta.untyped_storage().data_ptr()
+        if any(tensor.untyped_storage().data_ptr() == storage for tensor in tensors.values()):
+            delta = delta.clone()
+        return delta
 
     def merge_weights(
         self, network: str, tensors: Mapping[str, torch.Tensor], weight: torch.Tensor, ratio: float
@@ -313,7 +318,7 @@ class CoreDefaults:
     ) -> torch.Tensor:
         from adapters_core.module import merge_additive
 
-        return merge_additive(weight, self.registry.delta_weight(network, tensors, weight.shape), ratio)
+        return merge_additive(weight, self.registry.delta_weight(network, tensors, weight.shape), ratio, scratch=True)
 
 
 def _origin(ep: EntryPoint) -> LoadedPlugin:
