@@ -162,6 +162,12 @@ class ModelFamily:
         or from a Diffusers ``folder``'s configs. For naming, checking and converting."""
         raise NotImplementedError
 
+    def config(self, component: str) -> dict[str, Any]:
+        """One bundled component's config as a Diffusers folder stores it (``"unet"``,
+        ``"vae"``, ...; a fresh copy; the default variant's). Families with bundled configs
+        implement it."""
+        raise NotImplementedError
+
     def layer_table(self) -> LayerTable:
         """Every layer an adapter file may adapt in the bundled model, with the other spellings
         of their names: what the tools that read files without a model use.

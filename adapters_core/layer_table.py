@@ -43,17 +43,25 @@ class LayerRow:
     block_index: int
 
 
+StateDictShapes = Mapping[str, tuple[int, ...]]  # a component's state-dict key -> shape
+
+
 @dataclass(frozen=True)
 class LayerTable:
-    """The layers of one model in :func:`~adapters_core.matching.loadable_targets` order and
-    the other spellings of their names (:meth:`ModelFamily.module_aliases`)."""
+    """The layers of one model in :func:`~adapters_core.matching.loadable_targets` order, the
+    other spellings of their names (:meth:`ModelFamily.module_aliases`), and each built
+    component's state-dict keys and shapes (what a Diffusers folder of the model stores: the
+    streamed folder merge takes a folder whose files hold exactly these for what it is, without
+    building the model)."""
 
     rows: tuple[LayerRow, ...]
     aliases: Mapping[str, str] = field(default_factory=dict)
+    state_dicts: Mapping[str, StateDictShapes] = field(default_factory=dict)
 
     @classmethod
     def of(cls, family: ModelFamily, components: Mapping[str, nn.Module | None]) -> LayerTable:
-        """The table of built components (weights may be on ``meta``)."""
+        """The table of built components (weights may be on ``meta``); components that hold no
+        adaptable layer (a VAE) add their state dict only."""
         from adapters_core.matching import loadable_targets
         from adapters_core.targets import layer_weight
 
@@ -63,17 +71,28 @@ class LayerTable:
                      t.in_conv_block, t.block_index)
             for t in targets
         )
-        return cls(rows, dict(family.module_aliases(components, targets)))
+        state_dicts = {
+            name: {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
+            for name, module in components.items()
+            if module is not None
+        }
+        return cls(rows, dict(family.module_aliases(components, targets)), state_dicts)
 
     def only(self, components: Iterable[str]) -> LayerTable:
         """The rows of some components (the aliases of those rows' names)."""
         keep = set(components)
         rows = tuple(row for row in self.rows if row.component in keep)
         names = {row.name for row in rows}
-        return LayerTable(rows, {alias: name for alias, name in self.aliases.items() if name in names})
+        return LayerTable(
+            rows,
+            {alias: name for alias, name in self.aliases.items() if name in names},
+            {name: keys for name, keys in self.state_dicts.items() if name in keep},
+        )
 
     def __add__(self, other: LayerTable) -> LayerTable:
-        return LayerTable(self.rows + other.rows, {**self.aliases, **other.aliases})
+        return LayerTable(
+            self.rows + other.rows, {**self.aliases, **other.aliases}, {**self.state_dicts, **other.state_dicts}
+        )
 
     @functools.cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -92,9 +111,12 @@ class LayerTable:
     # -- JSON --------------------------------------------------------------------------------
     def to_json(self) -> str:
         rows = [[getattr(row, name) for name in _FIELDS] for row in self.rows]
-        text = json.dumps({"fields": _FIELDS, "rows": rows, "aliases": dict(sorted(self.aliases.items()))},
-                          separators=(",", ":"))
-        return text.replace("],[", "],\n[") + "\n"
+        state_dicts = {name: dict(keys) for name, keys in sorted(self.state_dicts.items())}
+        text = json.dumps(
+            {"fields": _FIELDS, "rows": rows, "aliases": dict(sorted(self.aliases.items())), "state_dicts": state_dicts},
+            separators=(",", ":"),
+        )
+        return text.replace("],[", "],\n[").replace("],\"", "],\n\"") + "\n"
 
     @classmethod
     def read(cls, path: Path) -> LayerTable:
@@ -109,7 +131,10 @@ class LayerTable:
             LayerRow(name, component, role, path_, kind, tuple(shape), bool(conv), int(block))
             for name, component, role, path_, kind, shape, conv, block in data["rows"]
         )
-        return cls(rows, dict(data["aliases"]))
+        state_dicts = {
+            name: {key: tuple(shape) for key, shape in keys.items()} for name, keys in data.get("state_dicts", {}).items()
+        }
+        return cls(rows, dict(data["aliases"]), state_dicts)
 
 
 def _stand_in(layer_kind: str, shape: tuple[int, ...]) -> nn.Module:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from adapters_core.layer_table import LayerTable
+from adapters_core.ops.merge_folder import weighted_components
 from adapters_core.plugins import get_registry
 
 SHIPPING_PACKAGES = ("adapt_sd", "adapt_sdxl")
@@ -24,10 +25,11 @@ def main() -> int:
             continue
         folder = Path(sys.modules[type(family).__module__].__file__ or "").with_name("tables")
         folder.mkdir(exist_ok=True)
-        table = LayerTable.of(family, family.build_components(device="meta"))
+        table = LayerTable.of(family, weighted_components(family))  # with the VAE's state dict
         path = folder / f"{family.name}.json"
         path.write_text(table.to_json(), encoding="utf-8")
-        print(f"{path}: {len(table.rows)} layers, {len(table.aliases)} aliases")
+        keys = sum(map(len, table.state_dicts.values()))
+        print(f"{path}: {len(table.rows)} layers, {len(table.aliases)} aliases, {keys} state-dict keys")
     return 0
 
 

@@ -56,9 +56,10 @@ def test_help_and_argument_errors_import_no_heavy_library(argv: list[str], code:
 
 
 def test_tools_on_files_import_torch_and_safetensors_only(tmp_path: Path) -> None:
-    """inspect, check and merge (of adapters, and into a single file) import no diffusers,
-    transformers or accelerate: the bundled models' layers come from the families' shipped
-    layer tables, a single file's layers from its key table (issue: instant CLI)."""
+    """inspect, check and merge (of adapters, into a single file, a Diffusers folder into a
+    folder) import no diffusers, transformers or accelerate: the bundled models' layers come
+    from the families' shipped layer tables (a folder of the bundled model's architecture:
+    its state-dict keys too), a single file's layers from its key table (issue: instant CLI)."""
     from adapters_core.models import build_tiny_model, write_tiny_model
 
     lora = tmp_path / "a.safetensors"
@@ -69,7 +70,9 @@ def test_tools_on_files_import_torch_and_safetensors_only(tmp_path: Path) -> Non
                        (["check", str(lora)], 1),  # against SD 1.x (no metadata): the tiny names miss
                        (["merge", "--models", str(lora), str(lora), "--save_to", str(tmp_path / "m.safetensors")], 0),
                        (["merge", "--sd_model", str(model), "--models", str(lora),  # streamed tensor by tensor
-                         "--save_to", str(tmp_path / "merged.safetensors")], 0)):
+                         "--save_to", str(tmp_path / "merged.safetensors")], 0),
+                       (["merge", "--sd_model", str(tmp_path / "tiny"), "--models", str(lora),  # folder -> folder
+                         "--save_to", str(tmp_path / "merged")], 0)):
         heavy, exit_code = _imports_of(argv)
         assert (heavy, exit_code) == ("safetensors,torch", code), argv
 

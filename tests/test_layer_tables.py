@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from adapters_core.layer_table import LayerTable
+from adapters_core.ops.merge_folder import weighted_components
 from adapters_core.plugins import get_registry
 from adapters_core.targets import layer_weight
 
@@ -20,9 +21,13 @@ def test_shipped_table_equals_the_built_model(name: str) -> None:
     shipped = family.layer_table()
     tables = Path(__import__(type(family).__module__, fromlist=["_"]).__file__ or "").with_name("tables")
     assert (tables / f"{name}.json").is_file()  # read, not built
-    built = LayerTable.of(family, family.build_components(device="meta"))
+    built = LayerTable.of(family, weighted_components(family))
     assert shipped.rows == built.rows
     assert dict(shipped.aliases) == dict(built.aliases)
+    assert set(shipped.state_dicts) == {row.component for row in shipped.rows} | {"vae"}
+    assert {name: dict(keys) for name, keys in shipped.state_dicts.items()} == {
+        name: dict(keys) for name, keys in built.state_dicts.items()
+    }
 
 
 def test_targets_from_a_table_stand_in_with_the_real_shapes() -> None:

@@ -3,10 +3,12 @@
 Each weighted component (the family's adaptable ones and the VAE) is read from its
 safetensors file (or shards) through a memory map and written with the per-tensor rule of
 :mod:`adapters_core.ops.merge_tensors` into one safetensors file of the same name, so memory
-holds the tensors in flight, not the model. A parameter's layer is found by building the
-components on "meta" from the folder's configs (:func:`loadable_targets`: each target's
-module path in its component). The other component folders (tokenizers, scheduler, a safety
-checker) and ``model_index.json`` are copied file for file.
+holds the tensors in flight, not the model. A parameter's layer comes from a layer table
+(each layer's module path in its component, and each component's state-dict keys): the
+family's own (shipped as data for the built-in families: no model library is imported) when
+the folder's files hold exactly its keys and shapes, else one made by building the
+components on "meta" from the folder's configs. The other component folders (tokenizers,
+scheduler, a safety checker) and ``model_index.json`` are copied file for file.
 
 The tensors written are those the loaded-model path writes (``load_sd_model``, merge in
 place, ``save_pretrained``): the component's state-dict keys under the file's own spelling,
@@ -19,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from tqdm import tqdm
 from adapters_core.atomic import atomic_path
 from adapters_core.errors import ModelLoadError
 from adapters_core.family import ModelFamily
-from adapters_core.matching import loadable_targets
+from adapters_core.layer_table import LayerTable, StateDictShapes
 from adapters_core.ops.deltas import Adapter
 from adapters_core.ops.merge_tensors import check_coverage, saved_bytes, write_merged_file, writer_threads
 from adapters_core.ops.streaming import (
@@ -39,7 +41,6 @@ from adapters_core.ops.streaming import (
     ShardedReader,
 )
 from adapters_core.progress import progress_bar
-from adapters_core.targets import layer_weight
 from adapters_core.textfiles import read_json
 
 WEIGHTS_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")  # Diffusers', transformers'
@@ -73,17 +74,15 @@ def merge_folder_streaming(
 ) -> Path | None:
     """Merge into the Diffusers folder ``source`` of ``family`` and write the folder ``target``;
     ``None`` (nothing done) when the folder's weights cannot be streamed."""
-    modules = _meta_components(source, family)
-    if modules is None:
-        return None
-    targets = loadable_targets(family, modules)
     with contextlib.ExitStack() as stack:
-        streams = _open_streams(source, modules, stack)
-        if streams is None:
+        found = _table_and_streams(source, family, stack)
+        if found is None:
             return None
-        for found in targets:
-            streams[found.component].layers[f"{found.module_path}.weight"] = found.name
-        check_coverage(adapters, {t.name: layer_weight(t.layer).shape for t in targets}, source, allow_unmatched)
+        table, streams = found
+        for row in table.rows:
+            streams[row.component].layers[f"{row.module_path}.weight"] = row.name
+        shapes = {name: torch.Size(shape) for name, shape in table.shapes.items()}
+        check_coverage(adapters, shapes, source, allow_unmatched)
         expected = sum(saved_bytes(stream.reader, stream.keys, save_dtype) for stream in streams.values())
         with atomic_path(target, overwrite, expected_bytes=expected) as tmp, writer_threads():
             _copy_other_files(source, tmp, set(streams))
@@ -95,34 +94,60 @@ def merge_folder_streaming(
     return target
 
 
-def _meta_components(source: Path, family: ModelFamily) -> dict[str, nn.Module] | None:
-    """The adaptable components and the VAE of the folder, built on "meta" from its configs."""
+def weighted_components(family: ModelFamily, folder: Path | None = None) -> dict[str, nn.Module]:
+    """The components a Diffusers folder of ``family`` holds weights for (the adaptable ones
+    and the VAE), built on "meta" from ``folder``'s configs, or the family's bundled ones."""
     from diffusers import AutoencoderKL
 
-    modules = family.build_components(device="meta", folder=source)
-    try:
-        config = AutoencoderKL.load_config(source / VAE)
-    except (OSError, ValueError):
-        return None  # loading the folder reports it
+    modules = family.build_components(device="meta", folder=folder)
+    config = family.config(VAE) if folder is None else AutoencoderKL.load_config(folder / VAE)
     with torch.device("meta"):
         modules[VAE] = AutoencoderKL.from_config(config)
     return modules
 
 
+def _table_and_streams(
+    source: Path, family: ModelFamily, stack: contextlib.ExitStack
+) -> tuple[LayerTable, dict[str, ComponentStream]] | None:
+    """The family's layer table where the folder's files hold exactly its keys (the bundled
+    model's architecture), else one built from the folder's configs; with a stream per component."""
+    shipped = family.layer_table()
+    streams = _open_streams(source, shipped, stack, exact=True)
+    if streams is not None:
+        return shipped, streams
+    built = _built_table(source, family)
+    streams = None if built is None else _open_streams(source, built, stack, exact=False)
+    return None if built is None or streams is None else (built, streams)
+
+
+def _built_table(source: Path, family: ModelFamily) -> LayerTable | None:
+    try:
+        return LayerTable.of(family, weighted_components(family, source))
+    except (OSError, ValueError):
+        return None  # an unreadable VAE config: loading the folder reports it
+
+
 def _open_streams(
-    source: Path, modules: Mapping[str, nn.Module], stack: contextlib.ExitStack
+    source: Path, table: LayerTable, stack: contextlib.ExitStack, *, exact: bool
 ) -> dict[str, ComponentStream] | None:
+    """A stream per component of ``table.state_dicts`` (the adaptable ones and the VAE);
+    ``None`` when a component's files do not hold its keys (``exact``: nothing more either)."""
+    components = {row.component for row in table.rows} | {VAE}
+    if not components <= set(table.state_dicts):
+        return None
     streams: dict[str, ComponentStream] = {}
-    for name, module in modules.items():
-        opened = open_weights(source / name)
-        if opened is None:
-            return None
-        weights_name, reader = opened
-        stack.callback(reader.close)
-        keys = state_dict_spelling(module, reader)
-        if keys is None:
-            return None
-        streams[name] = ComponentStream(name, weights_name, reader, keys, {})
+    with contextlib.ExitStack() as opened:
+        for name in sorted(table.state_dicts):
+            found = open_weights(source / name)
+            if found is None:
+                return None
+            weights_name, reader = found
+            opened.callback(reader.close)
+            keys = state_dict_spelling(table.state_dicts[name], reader, exact=exact)
+            if keys is None:
+                return None
+            streams[name] = ComponentStream(name, weights_name, reader, keys, {})
+        stack.push(opened.pop_all())
     return streams
 
 
@@ -143,19 +168,22 @@ def open_weights(folder: Path) -> tuple[str, CheckpointReader] | None:
     return None
 
 
-def state_dict_spelling(module: nn.Module, reader: CheckpointReader) -> dict[str, str] | None:
-    """File key -> ``module``'s state-dict key for every key the module has, in file order.
+def state_dict_spelling(wanted: StateDictShapes, reader: CheckpointReader, *, exact: bool = False) -> dict[str, str] | None:
+    """File key -> state-dict key for every key of ``wanted`` (a component's state-dict
+    shapes), in file order.
 
     transformers reads ``text_model.``-prefixed files into models without that level and
     writes the prefix back; any prefix shared by all keys is taken the same way. ``None`` when
-    the file lacks a key or a shape differs (the libraries would convert it: load instead).
+    the file lacks a key or a shape differs (the libraries would convert it: load instead),
+    and with ``exact`` when it holds any other key.
     """
-    wanted = {key: tensor.shape for key, tensor in module.state_dict().items()}
     present = set(reader)
     first = next(iter(reader), "")
     for prefix in dict.fromkeys(("", first.split(".")[0] + ".")):
         spelled = {prefix + key: key for key in wanted}
-        if all(key in present and reader.shape(key) == wanted[own] for key, own in spelled.items()):
+        if all(key in present and tuple(reader.shape(key)) == tuple(wanted[own]) for key, own in spelled.items()):
+            if exact and len(present) != len(spelled):
+                return None
             return {key: spelled[key] for key in reader if key in spelled}
     return None
 

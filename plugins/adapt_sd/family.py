@@ -100,6 +100,11 @@ class StableDiffusionFamily(ModelFamily):
             return "SDXL text-encoder module; SD 1.x/2.x models have one text encoder (lora_te_)"
         return None
 
+    def config(self, component: str) -> dict[str, Any]:
+        from adapters_core.models.bundled import config_dir, read_config
+
+        return read_config(config_dir(self.variants[False].config), component)
+
     def layer_table(self) -> LayerTable:
         """Shipped in ``tables/`` (``scripts/write_layer_tables.py``), so tools reading files start fast."""
         from adapters_core.layer_table import shipped_or_built

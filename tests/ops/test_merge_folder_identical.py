@@ -200,3 +200,31 @@ def test_text_model_spelling_of_older_transformers_is_streamed_and_kept(
     assert_identical(streamed, reference)
     with safe_open(str(streamed / "text_encoder/model.safetensors"), "pt") as handle:
         assert all(k.startswith("text_model.") for k in handle.keys()) and len(handle.keys()) == len(tensors) - 1
+
+
+def test_only_a_folder_unlike_the_bundled_model_is_built_from_its_configs(
+    tiny: TinyFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny folder holds exactly the keys of the family's shipped table: no component is
+    built. One more key in a file (an older transformers' ``position_ids``) and the components
+    come from the folder's configs, whose state dicts leave that key out."""
+    from adapters_core.ops import merge_folder
+
+    built: list[Path | None] = []
+    build = merge_folder.weighted_components
+
+    def counted(family: object, folder: Path | None = None) -> object:
+        built.append(folder)
+        return build(family, folder)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(merge_folder, "weighted_components", counted)
+    path = write_file(tmp_path / "a.safetensors", random_lora(tiny.model, dim=4, seed=9))
+    merge_into_model(tiny.folder, [path], [1.0], save_to=tmp_path / "same")
+    assert built == []
+    other = tmp_path / "other"
+    shutil.copytree(tiny.folder, other)
+    weights = other / "text_encoder/model.safetensors"
+    save_file({**load_file(weights), "embeddings.position_ids": torch.arange(77)[None]}, weights, metadata={"format": "pt"})
+    merge_into_model(other, [path], [1.0], save_to=tmp_path / "built")
+    assert built == [other]
+    assert_identical(tmp_path / "built", tmp_path / "same")  # the extra key is left out, as loading and saving do

@@ -90,9 +90,10 @@ def test_tensors_still_queued_when_the_caller_fails_are_not_written(tmp_path: Pa
 
     tensors = sample()
     seen: list[str] = []
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def hold(tensor: torch.Tensor) -> None:
+        entered.set()
         release.wait(10)
 
     with pytest.raises(KeyboardInterrupt):
@@ -100,6 +101,7 @@ def test_tensors_still_queued_when_the_caller_fails_are_not_written(tmp_path: Pa
             writer.write("a", tensors["a"], check=hold)  # the writer's thread waits in the check
             for key in ["b", "c", "d", "e"]:
                 writer.write(key, tensors[key])
+            assert entered.wait(10)
             threading.Timer(0.2, release.set).start()  # let it go once the caller has failed
             raise KeyboardInterrupt
     assert seen == ["a"]
