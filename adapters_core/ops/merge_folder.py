@@ -32,7 +32,7 @@ from tqdm import tqdm
 from adapters_core.atomic import atomic_path
 from adapters_core.errors import ModelLoadError
 from adapters_core.family import ModelFamily
-from adapters_core.layer_table import LayerTable, StateDictShapes
+from adapters_core.layer_table import LayerTable, StateDictShapes, bundled_layer_table
 from adapters_core.ops.deltas import Adapter
 from adapters_core.ops.merge_tensors import check_coverage, saved_bytes, write_merged_file, writer_threads
 from adapters_core.ops.streaming import (
@@ -111,7 +111,7 @@ def _table_and_streams(
 ) -> tuple[LayerTable, dict[str, ComponentStream]] | None:
     """The family's layer table where the folder's files hold exactly its keys (the bundled
     model's architecture), else one built from the folder's configs; with a stream per component."""
-    shipped = family.layer_table()
+    shipped = bundled_layer_table(family.name)
     streams = _open_streams(source, shipped, stack, exact=True)
     if streams is not None:
         return shipped, streams
