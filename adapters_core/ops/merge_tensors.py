@@ -136,18 +136,16 @@ def write_merged_file(
         reader.release(key)
         bar.update(sizes[key])
 
+    adapted = {key for key, names in layers.items() if is_adapted(names, adapters)}
     with SafetensorsWriter(path, specs, metadata, after_write=written) as writer:
         computed = [
             key
-            for key, names in layers.items()
-            if is_adapted(names, adapters)
-            or not saved_as_is(reader.dtype(key), merge_dtype, save_dtype)
-            or not writer.copy(key, reader)
+            for key in layers
+            if key in adapted or not saved_as_is(reader.dtype(key), merge_dtype, save_dtype) or not writer.copy(key, reader)
         ]
         for key in computed:
-            names = layers[key]
-            tensor = merge_tensor(key, reader[key], names, adapters, ratios, merge_dtype, save_dtype, check_finite=False)
-            writer.write(key, tensor, check=merged_check(label(key), adapters) if is_adapted(names, adapters) else None)
+            tensor = merge_tensor(key, reader[key], layers[key], adapters, ratios, merge_dtype, save_dtype, check_finite=False)
+            writer.write(key, tensor, check=merged_check(label(key), adapters) if key in adapted else None)
 
 
 def saved_specs(reader: CheckpointReader, keys: Iterable[str], save_dtype: torch.dtype) -> list[TensorSpec]:

@@ -44,14 +44,14 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 TensorSpec = tuple[str, torch.dtype, torch.Size]
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 
 
 def spec_bytes(spec: TensorSpec) -> int:
     """How many bytes the tensor ``spec`` describes takes in a file."""
     _, dtype, shape = spec
     return shape.numel() * dtype.itemsize
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 
 
 @contextlib.contextmanager
