@@ -266,8 +266,9 @@ class SafetensorsWriter:
         header: dict[str, object] = {"__metadata__": {k: str(v) for k, v in (metadata or {}).items()}}
         offsets: dict[str, int] = {}
         offset = 0
-        for key, dtype, shape in specs:
-            size = spec_bytes((key, dtype, shape))
+        for spec in specs:
+            key, dtype, shape = spec
+            size = spec_bytes(spec)
             header[key] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
             offsets[key] = offset
             offset += size
@@ -276,7 +277,7 @@ class SafetensorsWriter:
         data_start = 8 + len(encoded)
         self._specs = {key: (dtype, shape) for key, dtype, shape in specs}
         self._offsets = {key: data_start + at for key, at in offsets.items()}  # where each tensor's bytes go
-        self._written: set[str] = set()
+        self._claimed: set[str] = set()  # keys queued so far
         self._after_write = after_write
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         self._pwrite(struct.pack("<Q", len(encoded)) + encoded, 0)
@@ -358,7 +359,7 @@ class SafetensorsWriter:
         and is raised on the caller's thread at its next call or on leaving the ``with``.
         """
         self._claim(key, tensor.dtype, tensor.shape)
-        size = tensor.numel() * tensor.element_size()
+        size = tensor.nbytes
         with self._room:
             self._room.wait_for(lambda: self._queued_bytes == 0 or self._queued_bytes + size <= self._queue_bytes)
             self._queued_bytes += size
@@ -380,12 +381,12 @@ class SafetensorsWriter:
     def _claim(self, key: str, dtype: torch.dtype, shape: torch.Size) -> None:
         if self._error is not None:
             raise self._error
-        if key not in self._specs or key in self._written:
-            raise ValueError(f"{key}: {'written twice' if key in self._written else 'not in the header'}")
+        if key not in self._specs or key in self._claimed:
+            raise ValueError(f"{key}: {'written twice' if key in self._claimed else 'not in the header'}")
         expected_dtype, expected_shape = self._specs[key]
         if dtype != expected_dtype or shape != expected_shape:
             raise ValueError(f"{key} {dtype} {tuple(shape)}: expected {expected_dtype} {tuple(expected_shape)}")
-        self._written.add(key)
+        self._claimed.add(key)
 
     def __enter__(self) -> SafetensorsWriter:
         return self
@@ -404,5 +405,5 @@ class SafetensorsWriter:
             os.close(source)
         if kind is None and self._error is not None:
             raise self._error
-        if kind is None and len(self._written) != len(self._specs):
-            raise ValueError(f"only {len(self._written)} of {len(self._specs)} tensors were written")
+        if kind is None and len(self._claimed) != len(self._specs):
+            raise ValueError(f"only {len(self._claimed)} of {len(self._specs)} tensors were written")
